@@ -12,7 +12,6 @@ Pure: no FastAPI, Ray or vLLM imports.
 from __future__ import annotations
 
 import functools
-import re
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Tuple
 
@@ -121,7 +120,7 @@ class GpuKind(_Strict):
     ray_accelerator_type: Optional[str] = Field(
         description="Ray accelerator_type label (L4, A100, H100, H200); null for CPU."
     )
-    marketing_gb: Optional[float] = Field(description="Memory as sold, decimal GB (10**9 bytes).")
+    datasheet_gb: Optional[float] = Field(description="Memory on the data sheet, in the GB NVIDIA quotes (about GiB of physical memory).")
     memory_gib: Optional[float] = Field(
         description="Total memory as torch reports it, GiB (2**30 bytes); null for CPU (given per request)."
     )

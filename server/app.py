@@ -1,0 +1,197 @@
+"""`build_app(args)`: the only place that builds Ray Serve deployments.
+
+One Ray Serve LLM deployment (`LLMServer` wrapping a vLLM engine) per pool, and one
+router ingress deployment in front that holds a handle to each. `serve run
+server.app:build_app`, `qwen-serve up` and KubeRay's serveConfigV2 all call it with the
+same document (see server/config.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Optional, Union
+
+from ray import serve
+from ray.serve.llm import LLMConfig, build_llm_deployment
+from ray.serve.llm.deployment import LLMServer
+
+from server.config import AppConfig, PoolConfig, load_config, parse_config
+from server.models import resolve_model_source
+
+logger = logging.getLogger("qwen_serve.app")
+
+POOL_DEPLOYMENT_PREFIX = "pool-"
+INGRESS_DEPLOYMENT_NAME = "router"
+
+# Environment every engine replica gets: never log prompts (privacy), no usage stats.
+BASE_ENGINE_ENV = {
+    "RAYLLM_ENABLE_REQUEST_PROMPT_LOGS": "0",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+class PoolServer(LLMServer):
+    """Ray Serve LLM's engine server, resolving the pool's model source on the replica.
+
+    A tiny test model is built (once, cached) on the node the replica lands on, and a
+    missing local path fails the replica with a message that names it.
+    """
+
+    async def __init__(self, llm_config: LLMConfig, **kwargs: Any) -> None:
+        data = llm_config.model_dump()
+        data["model_loading_config"]["model_source"] = resolve_model_source(
+            data["model_loading_config"]["model_source"]
+        )
+        # A fresh LLMConfig: the engine config cached at build time named the unresolved source.
+        await super().__init__(type(llm_config)(**data), **kwargs)
+
+
+def cpu_thread_binding(pool: PoolConfig) -> Optional[str]:
+    """VLLM_CPU_OMP_THREADS_BIND for a CPU pool: one core per TP rank when TP > 1."""
+    if pool.cpu.omp_threads_bind != "auto":
+        return pool.cpu.omp_threads_bind
+    tp = pool.parallelism.world_size
+    if tp <= 1:
+        return None
+    return "|".join(str(rank) for rank in range(tp))
+
+
+def placement_bundles(pool: PoolConfig) -> Dict[str, Any]:
+    if pool.placement is not None:
+        return {"bundles": pool.placement.bundles, "strategy": pool.placement.strategy}
+    workers = pool.parallelism.world_size
+    if pool.accelerator == "cpu":
+        return {"bundles": [{"CPU": pool.cpu.num_cpus_per_worker} for _ in range(workers)], "strategy": "PACK"}
+    strategy = "STRICT_PACK" if pool.parallelism.pipeline_parallel_size == 1 else "PACK"
+    return {"bundles": [{"GPU": 1, "CPU": 1} for _ in range(workers)], "strategy": strategy}
+
+
+def engine_kwargs(pool: PoolConfig) -> Dict[str, Any]:
+    kwargs = dict(pool.engine_kwargs)
+    kwargs["tensor_parallel_size"] = pool.parallelism.tensor_parallel_size
+    kwargs["pipeline_parallel_size"] = pool.parallelism.pipeline_parallel_size
+    if pool.parallelism.enable_expert_parallel:
+        kwargs["enable_expert_parallel"] = True
+    if pool.reasoning_parser:
+        kwargs["reasoning_parser"] = pool.reasoning_parser
+    if pool.tokenizer:
+        kwargs["tokenizer"] = pool.tokenizer
+    kwargs.setdefault("enable_prefix_caching", True)
+    kwargs.setdefault("enable_log_requests", False)
+    return kwargs
+
+
+def deployment_options(pool: PoolConfig) -> Dict[str, Any]:
+    options: Dict[str, Any] = {
+        "max_ongoing_requests": pool.max_ongoing_requests,
+        "health_check_period_s": pool.health_check_period_s,
+        "health_check_timeout_s": pool.health_check_timeout_s,
+        "graceful_shutdown_timeout_s": 30,
+        "ray_actor_options": {"num_cpus": 0.25 if pool.accelerator == "cpu" else 1},
+    }
+    if pool.autoscaling is not None:
+        a = pool.autoscaling
+        options["autoscaling_config"] = {
+            "min_replicas": a.min_replicas,
+            "max_replicas": a.max_replicas,
+            "initial_replicas": a.initial_replicas if a.initial_replicas is not None else a.min_replicas,
+            "target_ongoing_requests": a.target_ongoing_requests,
+            "upscale_delay_s": a.upscale_delay_s,
+            "downscale_delay_s": a.downscale_delay_s,
+        }
+    else:
+        options["num_replicas"] = pool.replicas
+    return options
+
+
+def llm_config_for_pool(name: str, pool: PoolConfig, config: AppConfig) -> LLMConfig:
+    env = dict(BASE_ENGINE_ENV)
+    if pool.accelerator == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = f"{pool.cpu.kvcache_space_gib:g}"
+        bind = cpu_thread_binding(pool)
+        if bind:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = bind
+    env.update(pool.env)
+    options = deployment_options(pool)
+    options["graceful_shutdown_timeout_s"] = config.server.graceful_shutdown_timeout_s
+    kwargs: Dict[str, Any] = dict(
+        model_loading_config={"model_id": name, "model_source": pool.model},
+        engine_kwargs=engine_kwargs(pool),
+        placement_group_config=placement_bundles(pool),
+        deployment_config=options,
+        runtime_env={"env_vars": env},
+        experimental_configs={"stream_batching_interval_ms": pool.stream_batching_interval_ms},
+        log_engine_metrics=config.metrics.engine_metrics,
+    )
+    if pool.accelerator == "cpu":
+        kwargs["accelerator_config"] = {"kind": "cpu"}
+    elif pool.accelerator_type:
+        kwargs["accelerator_type"] = pool.accelerator_type
+    return LLMConfig(**kwargs)
+
+
+@serve.ingress()
+class RouterIngress:
+    """The router: OpenAI API, mode decisions, auth, limits and metrics (server/ingress/)."""
+
+    def __init__(self, config_args: Dict[str, Any], pools: Dict[str, Any]) -> None:
+        from server.ingress.backend import RayPoolBackend
+
+        self._config = parse_config(config_args, "router args")
+        self._backend = RayPoolBackend(pools)
+
+    async def __serve_build_asgi_app__(self):
+        from server.ingress.api import create_app
+
+        logging.getLogger("qwen_serve").setLevel(self._config.server.log_level)
+        return create_app(self._config, self._backend)
+
+
+def resolve_plans(config: AppConfig) -> AppConfig:
+    """Fill pools that ask for `plan:` with the sharding planner's engine config."""
+    if not any(p.plan for p in config.pools.values()):
+        return config
+    from server.plan_apply import apply_plan
+
+    pools = {name: apply_plan(pool) if pool.plan else pool for name, pool in config.pools.items()}
+    return config.model_copy(update={"pools": pools})
+
+
+def build_app(args: Union[Dict[str, Any], AppConfig, None] = None) -> serve.Application:
+    """Ray Serve application builder.
+
+    `args` is the configuration document itself, an `AppConfig`, or `{"config_path": FILE}`.
+    """
+    if isinstance(args, AppConfig):
+        config = args
+    elif args and set(args) == {"config_path"}:
+        config = load_config(args["config_path"])
+    elif args:
+        config = parse_config(dict(args), "application args")
+    else:
+        config = load_config()
+    config = resolve_plans(config)
+    pools: Dict[str, Any] = {}
+    for name, pool in config.pools.items():
+        llm_config = llm_config_for_pool(name, pool, config)
+        pools[name] = build_llm_deployment(
+            llm_config,
+            name_prefix=POOL_DEPLOYMENT_PREFIX,
+            deployment_cls=PoolServer,
+            override_serve_options={"name": f"{POOL_DEPLOYMENT_PREFIX}{name}"},
+        )
+    ingress = serve.deployment(
+        RouterIngress,
+        name=INGRESS_DEPLOYMENT_NAME,
+        num_replicas=config.server.ingress_replicas,
+        max_ongoing_requests=config.server.ingress_max_ongoing_requests,
+        graceful_shutdown_timeout_s=config.server.graceful_shutdown_timeout_s,
+        ray_actor_options={"num_cpus": config.server.ingress_num_cpus},
+    )
+    return ingress.bind(config.model_dump(mode="json", exclude_none=True), pools)
+
+
+def pool_deployment_names(config: AppConfig) -> List[str]:
+    return [f"{POOL_DEPLOYMENT_PREFIX}{name}" for name in config.pools]

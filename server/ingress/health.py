@@ -1,0 +1,75 @@
+"""Pool health: healthy, degraded (serving but over its TTFT SLO or near a full queue) or
+unhealthy (no replica answers a health check), each with its reason."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Dict
+
+from server.config import AppConfig
+from server.ingress.backend import PoolBackend
+from server.metrics import ServeMetrics
+from server.routing.load import LoadTracker
+
+CHECK_TIMEOUT_S = 5.0
+CACHE_S = 1.0
+
+
+def classify(answered: bool, error: str, in_flight: int, slots: int, queue_limit: int,
+             recent_ttft_s: Any, ttft_slo_s: float, near_full_ratio: float = 0.9) -> Dict[str, Any]:
+    """Pure classification of one pool's state."""
+    if not answered:
+        return {"status": "unhealthy", "reason": f"no replica answered the health check ({error})"}
+    reasons = []
+    if recent_ttft_s is not None and recent_ttft_s > ttft_slo_s:
+        reasons.append(f"recent TTFT {recent_ttft_s:.3f}s over SLO {ttft_slo_s:.3f}s")
+    limit = slots + queue_limit
+    if limit and in_flight >= near_full_ratio * limit:
+        reasons.append(f"{in_flight} requests in flight of {limit} allowed")
+    if reasons:
+        return {"status": "degraded", "reason": "; ".join(reasons)}
+    return {"status": "healthy", "reason": "engine answers; within SLO"}
+
+
+class HealthChecker:
+    def __init__(self, config: AppConfig, backend: PoolBackend, tracker: LoadTracker, metrics: ServeMetrics) -> None:
+        self.config = config
+        self.backend = backend
+        self.tracker = tracker
+        self.metrics = metrics
+        self._cached: Dict[str, Any] = {}
+        self._cached_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def _check(self, pool: str) -> tuple:
+        try:
+            await self.backend.check(pool, CHECK_TIMEOUT_S)
+            return True, ""
+        except asyncio.TimeoutError:
+            return False, f"timed out after {CHECK_TIMEOUT_S:.0f}s"
+        except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
+            return False, type(exc).__name__
+
+    async def report(self) -> Dict[str, Any]:
+        async with self._lock:
+            if time.monotonic() - self._cached_at < CACHE_S and self._cached:
+                return self._cached
+            names = list(self.config.pools)
+            results = await asyncio.gather(*(self._check(n) for n in names))
+            snapshot = self.tracker.snapshot()
+            pools = {}
+            for name, (answered, error) in zip(names, results):
+                load = snapshot[name]
+                self.tracker.set_healthy(name, answered)
+                self.metrics.pool_healthy.labels(name).set(1 if answered else 0)
+                entry = classify(answered, error, load.in_flight, load.slots, load.queue_limit,
+                                 load.recent_ttft_s, self.config.metrics.ttft_slo_s)
+                entry.update(in_flight=load.in_flight, slots=load.slots, queue_limit=load.queue_limit,
+                             recent_ttft_s=load.recent_ttft_s)
+                pools[name] = entry
+            statuses = {p["status"] for p in pools.values()}
+            overall = "unhealthy" if "unhealthy" in statuses else "degraded" if "degraded" in statuses else "healthy"
+            self._cached = {"status": overall, "pools": pools}
+            self._cached_at = time.monotonic()
+            return self._cached

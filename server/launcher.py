@@ -1,0 +1,191 @@
+"""Runs the app for `qwen-serve up` and reports on it for `qwen-serve status`.
+
+`up`: preflight checks, start (or join) Ray, deploy with `serve.run` in a background
+thread while the main thread prints each pool's progress, print the URL once every pool
+is ready, then wait for Ctrl-C (or SIGTERM) and shut down cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.request
+from typing import Any, Dict, Optional
+
+from server.config import AppConfig
+
+APP_NAME = "qwen-serve"
+READY_LINE = "qwen-serve ready: OpenAI API at"
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def local_num_cpus(config: AppConfig) -> float:
+    """Logical CPUs a local Ray needs: every placement group plus ingress, with headroom."""
+    from server.app import placement_bundles
+
+    total = config.server.ingress_num_cpus * config.server.ingress_replicas
+    for pool in config.pools.values():
+        bundles = placement_bundles(pool)["bundles"]
+        per_replica = sum(b.get("CPU", 0) for b in bundles) + (0.25 if pool.accelerator == "cpu" else 1)
+        total += per_replica * max(pool.served_replicas, pool.autoscaling.max_replicas if pool.autoscaling else 0)
+    return max(float(os.cpu_count() or 1), total + 1)
+
+
+def _deployment_rows(status: Any) -> Dict[str, Dict[str, Any]]:
+    app = status.applications.get(APP_NAME)
+    rows: Dict[str, Dict[str, Any]] = {}
+    if app is None:
+        return rows
+    for name, dep in app.deployments.items():
+        counts = {str(k.value if hasattr(k, "value") else k): v for k, v in (dep.replica_states or {}).items()}
+        rows[name] = {"status": str(getattr(dep.status, "value", dep.status)), "replicas": counts, "message": dep.message}
+    return rows
+
+
+class Launcher:
+    def __init__(self, config: AppConfig, source: str) -> None:
+        self.config = config
+        self.source = source
+        self._stop = threading.Event()
+        self._deploy_error: Optional[BaseException] = None
+
+    def url(self) -> str:
+        host = self.config.server.host
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        return f"http://{shown}:{self.config.server.port}"
+
+    def run(self) -> int:
+        from server import preflight
+
+        started = time.monotonic()
+        _say(f"qwen-serve: config {self.source}; pools: {', '.join(self.config.pools)}")
+        local = self.config.server.ray_address is None
+        try:
+            preflight.run_all(self.config, check_bind=True, progress=lambda m: _say(f"  {m}"))
+        except preflight.PreflightError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        import ray
+        from ray import serve
+
+        from server.app import build_app
+
+        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+        if local:
+            num_cpus = self.config.server.num_cpus or local_num_cpus(self.config)
+            _say(f"  starting a local Ray instance ({num_cpus:g} logical CPUs)")
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                     _metrics_export_port=int(os.environ.get("QWEN_SERVE_RAY_METRICS_PORT", "8080")))
+        else:
+            _say(f"  joining the Ray cluster at {self.config.server.ray_address}")
+            ray.init(address=self.config.server.ray_address, log_to_driver=False)
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        try:
+            serve.start(http_options={"host": self.config.server.host, "port": self.config.server.port})
+            app = build_app(self.config)
+            worker = threading.Thread(target=self._deploy, args=(app,), daemon=True)
+            worker.start()
+            if not self._wait_ready(started):
+                return 1
+            _say(f"{READY_LINE} {self.url()}/v1 (pools ready in {time.monotonic() - started:.0f}s; Ctrl-C stops)")
+            while not self._stop.wait(0.5):
+                pass
+            return 0
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            _say("qwen-serve: shutting down (in-flight requests get up to "
+                 f"{self.config.server.graceful_shutdown_timeout_s:g}s to finish)")
+            try:
+                serve.shutdown()
+            finally:
+                ray.shutdown()
+            _say("qwen-serve: stopped")
+
+    def _deploy(self, app: Any) -> None:
+        from ray import serve
+
+        try:
+            serve.run(app, name=APP_NAME, route_prefix="/")
+        except BaseException as err:  # noqa: BLE001 - reported by the main thread
+            self._deploy_error = err
+
+    def _wait_ready(self, started: float) -> bool:
+        from ray import serve
+
+        deadline = started + self.config.server.startup_timeout_s
+        last: Dict[str, str] = {}
+        last_print = 0.0
+        while time.monotonic() < deadline:
+            if self._stop.is_set():
+                return False
+            if self._deploy_error is not None:
+                print(f"error: deployment failed: {self._deploy_error}", file=sys.stderr)
+                return False
+            try:
+                status = serve.status()
+            except Exception:  # noqa: BLE001 - the controller may still be starting
+                time.sleep(1)
+                continue
+            rows = _deployment_rows(status)
+            app = status.applications.get(APP_NAME)
+            app_status = str(getattr(app.status, "value", app.status)) if app else "NOT_STARTED"
+            now = time.monotonic()
+            summary = {name: f"{r['status']} {r['replicas']}" for name, r in rows.items()}
+            if summary != last or now - last_print > 10:
+                elapsed = now - started
+                for name, row in sorted(rows.items()):
+                    running = row["replicas"].get("RUNNING", 0)
+                    total = sum(row["replicas"].values())
+                    _say(f"  [{elapsed:5.0f}s] {name}: {row['status'].lower()} ({running}/{total} replicas running)")
+                last, last_print = summary, now
+            if app_status == "DEPLOY_FAILED" or any(r["status"] == "DEPLOY_FAILED" for r in rows.values()):
+                msgs = "; ".join(f"{n}: {r['message']}" for n, r in rows.items() if r["message"])
+                print(f"error: deployment failed: {app.message if app else ''} {msgs}".strip(), file=sys.stderr)
+                return False
+            if app_status == "RUNNING":
+                return True
+            time.sleep(1)
+        print(f"error: pools not ready after {self.config.server.startup_timeout_s:.0f}s", file=sys.stderr)
+        return False
+
+
+def print_status(address: str, url: Optional[str]) -> int:
+    import ray
+    from ray import serve
+
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    except Exception as err:  # noqa: BLE001
+        print(f"error: no running Ray cluster at {address}: {err}", file=sys.stderr)
+        return 1
+    try:
+        status = serve.status()
+        rows = _deployment_rows(status)
+        if not rows:
+            print("qwen-serve is not deployed on this cluster")
+            return 1
+        print(f"{'deployment':<20} {'status':<14} replicas")
+        for name, row in sorted(rows.items()):
+            replicas = ", ".join(f"{k.lower()}={v}" for k, v in sorted(row["replicas"].items())) or "none"
+            print(f"{name:<20} {row['status'].lower():<14} {replicas}")
+        target = url or "http://127.0.0.1:8000"
+        try:
+            with urllib.request.urlopen(f"{target}/health?verbose=1", timeout=10) as resp:
+                report = json.loads(resp.read())
+        except Exception as err:  # noqa: BLE001
+            print(f"health: unreachable at {target} ({type(err).__name__})")
+            return 1
+        print(f"\nhealth: {report['status']}")
+        for pool, entry in report["pools"].items():
+            print(f"  {pool:<12} {entry['status']:<10} {entry['reason']}")
+        return 0 if report["status"] != "unhealthy" else 1
+    finally:
+        ray.shutdown()
