@@ -1,0 +1,206 @@
+"""qwen-loadtest against vLLM's own OpenAI server, side by side with vLLM's serving benchmark.
+
+One vLLM server (tiny random-weight Qwen3, qwen3 reasoning parser) for the whole module.
+Both tools run the same load: the same number of requests, prompt and output lengths
+(exact, via ignore_eos) and concurrency; they must agree on throughput and on median
+TTFT and TPOT within the tolerances below, and our client-side counts must equal the
+server's own Prometheus counters.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from loadtest.config import LoadConfig, MetricsConfig, RunConfig, WorkloadConfig
+from loadtest.runner import run
+from loadtest.workload import PromptMaker
+
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(420)]
+
+N_PROMPTS, CONCURRENCY, INPUT_LEN, OUTPUT_LEN = 48, 8, 128, 48
+REPS = 2
+# Tolerances for a noisy shared 2-core machine (both tools run alternately, REPS times
+# each, and the means are compared).
+TOL_THROUGHPUT = 0.25  # relative
+TOL_TPOT = 0.25  # relative
+TOL_TTFT = 0.50  # relative, or within TOL_TTFT_ABS_MS
+TOL_TTFT_ABS_MS = 60.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tmp_path_factory):
+    from server.models import ensure_tiny_model
+
+    model_dir = ensure_tiny_model("tiny-qwen3-dense")
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("vllm") / "server.log"
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+           "--served-model-name", "tiny", "--max-model-len", "2048", "--enforce-eager",
+           "--reasoning-parser", "qwen3", "--host", "127.0.0.1", "--port", str(port)]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"vLLM exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"vLLM not healthy in 240 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(1)
+        yield {"base": base, "model_dir": str(model_dir)}
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(10)
+
+
+def _ours(server, out_dir=None, **workload) -> RunConfig:
+    return RunConfig(
+        base_url=server["base"] + "/v1", model="tiny", seed=1, progress=False,
+        output_dir=out_dir,
+        workload=WorkloadConfig(**workload),
+        load=LoadConfig(concurrency=CONCURRENCY, num_requests=N_PROMPTS),
+        metrics=MetricsConfig(url=server["base"] + "/metrics", poll_interval_s=0.5, settle_s=0.5),
+    )
+
+
+def _vllm_bench(server, tmp: Path) -> dict:
+    from vllm.benchmarks.serve import add_cli_args, main
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser()
+    add_cli_args(parser)
+    args = parser.parse_args([
+        "--backend", "openai-chat", "--base-url", server["base"], "--endpoint", "/v1/chat/completions",
+        "--model", "tiny", "--tokenizer", server["model_dir"], "--dataset-name", "random",
+        "--random-input-len", str(INPUT_LEN), "--random-output-len", str(OUTPUT_LEN),
+        "--num-prompts", str(N_PROMPTS), "--max-concurrency", str(CONCURRENCY),
+        "--request-rate", "inf", "--ignore-eos", "--disable-tqdm", "--seed", "1",
+        "--result-dir", str(tmp),
+    ])
+    return main(args)
+
+
+def test_agrees_with_vllm_bench(vllm_server, tmp_path):
+    # vLLM's random dataset counts INPUT_LEN tokens of raw text; the server adds the chat
+    # template. Ours counts the whole prompt, so ask for the template's tokens on top.
+    probe = RunConfig(model="tiny", load=LoadConfig(num_requests=1))
+    overhead = PromptMaker(probe).overhead("auto", None)
+    workload = dict(input_tokens=INPUT_LEN + overhead, output_tokens=OUTPUT_LEN)
+    run(_ours(vllm_server, **workload).model_copy(update={"load": LoadConfig(concurrency=4, num_requests=8)}))
+    theirs, ours = [], []
+    for rep in range(REPS):  # alternate who goes first (ABBA) against drift
+        for tool in ("theirs", "ours") if rep % 2 == 0 else ("ours", "theirs"):
+            if tool == "theirs":
+                theirs.append(_vllm_bench(vllm_server, tmp_path))
+            else:
+                ours.append(run(_ours(vllm_server, **workload)).summary)
+    for t, o in zip(theirs, ours):
+        ov = o["overall"]
+        assert t["completed"] == ov["completed"] == N_PROMPTS
+        assert t["total_output_tokens"] == ov["output_tokens"] == N_PROMPTS * OUTPUT_LEN
+        # both read prompt_tokens from usage: the same prompts lengths reached the server
+        assert t["total_input_tokens"] == ov["prompt_tokens"] == N_PROMPTS * (INPUT_LEN + overhead)
+
+    def mean(xs):
+        return sum(xs) / len(xs)
+
+    pairs = {
+        "request_throughput": (mean([t["request_throughput"] for t in theirs]),
+                               mean([o["overall"]["request_throughput"] for o in ours])),
+        "output_throughput": (mean([t["output_throughput"] for t in theirs]),
+                              mean([o["overall"]["output_throughput"] for o in ours])),
+        "median_ttft_ms": (mean([t["median_ttft_ms"] for t in theirs]),
+                           mean([o["overall"]["latency_ms"]["ttft"]["p50"] for o in ours])),
+        "median_tpot_ms": (mean([t["median_tpot_ms"] for t in theirs]),
+                           mean([o["overall"]["latency_ms"]["tpot"]["p50"] for o in ours])),
+        "median_itl_ms": (mean([t["median_itl_ms"] for t in theirs]),
+                          mean([o["overall"]["latency_ms"]["itl"]["p50"] for o in ours])),
+    }
+    report = {k: {"vllm_bench": v[0], "qwen_loadtest": v[1], "ratio": v[1] / v[0]} for k, v in pairs.items()}
+    print(json.dumps(report, indent=1))
+    (tmp_path / "agreement.json").write_text(json.dumps(report, indent=1))
+    for key in ("request_throughput", "output_throughput"):
+        a, b = pairs[key]
+        assert abs(b - a) <= TOL_THROUGHPUT * a, (key, report)
+    a, b = pairs["median_tpot_ms"]
+    assert abs(b - a) <= TOL_TPOT * a, report
+    a, b = pairs["median_ttft_ms"]
+    assert abs(b - a) <= max(TOL_TTFT * a, TOL_TTFT_ABS_MS), report
+
+
+def test_counts_match_server_metrics_and_files(vllm_server, tmp_path):
+    out = tmp_path / "run"
+    cfg = _ours(vllm_server, str(out), input_tokens="48:96", output_tokens="16:32",
+                mode_mix={"thinking": 1, "fast": 1, "auto": 1}, turns=2, prefix_tokens=32)
+    cfg = cfg.model_copy(update={"slo_ms": {"ttft": 2000, "tpot": 500},
+                                 "load": LoadConfig(concurrency=4, num_requests=24, warmup_requests=4)})
+    result = run(cfg)
+    s = result.summary
+    assert s["phases"] == {"warmup": 4, "measure": 24, "cooldown": 0}
+    assert s["overall"]["failed"] == 0
+    # client counts (every phase) equal the server's own counters
+    server = s["server"]
+    assert server["names"]["requests"] == "vllm:request_success_total"
+    assert server["requests"] == s["all_phases"]["completed"] == len(result.records)
+    assert server["generation_tokens"] == s["all_phases"]["output_tokens"]
+    assert server["prompt_tokens"] == s["all_phases"]["prompt_tokens"]
+    assert server["kv_cache_usage_peak"] is not None and server["kv_cache_usage_peak"] > 0
+    # exact synthetic prompt lengths, as the server counted them (first turns)
+    firsts = [r for r in result.records if r.turn == 0]
+    assert firsts and all(r.prompt_tokens == r.expected_prompt_tokens for r in firsts)
+    # exact output lengths, and the reasoning/answer split from usage details
+    for r in result.records:
+        assert r.output_tokens == r.max_tokens and r.tokens_source == "usage"
+        assert r.reasoning_tokens + r.answer_tokens == r.output_tokens
+        if r.mode == "fast":  # the template closes <think> at once: all answer
+            assert r.reasoning_tokens == 0 and r.ttfa is not None
+        else:  # a random model never closes <think>: (almost) all reasoning
+            assert r.reasoning_tokens >= r.output_tokens - 2
+    assert set(s["by_mode"]) == {"thinking", "fast", "auto"}
+    # later turns carry the history and the shared prefix: longer prompts
+    later = [r for r in result.records if r.turn == 1]
+    assert later and min(r.prompt_tokens for r in later) > 32
+    assert "by_turn" in s and "prefix_cache_hits_total" in " ".join(server["extra"])
+    # files
+    data = json.loads((out / "result.json").read_text())
+    assert data["config"]["load"]["num_requests"] == 24 and "api_key" not in data["config"]
+    with open(out / "requests.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(result.records)
+    assert sum(int(r["output_tokens"]) for r in rows) == server["generation_tokens"]
+    for name in ("ttft_cdf.png", "itl_cdf.png", "tokens_by_mode.png", "ttft_by_turn.png"):
+        assert (out / name).stat().st_size > 1000
+    md = (out / "report.md").read_text()
+    assert "![ttft_cdf](ttft_cdf.png)" in md and "TTFT" in md
