@@ -11,6 +11,7 @@ Python API::
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional
@@ -349,6 +350,8 @@ async def arun(cfg: RunConfig) -> Result:
     conn = aiohttp.TCPConnector(limit=0, limit_per_host=0, force_close=False, ttl_dns_cache=300)
     stages: List[Stage] = []
     saturation = None
+    gc.collect()
+    gc.freeze()  # as vLLM's benchmark: keep set-up objects out of GC passes during the run
     async with aiohttp.ClientSession(connector=conn, auto_decompress=False) as session:
         for i, value in enumerate(values):
             stages.append(await _stage(cfg, i, value, session, maker, progress))
@@ -357,6 +360,7 @@ async def arun(cfg: RunConfig) -> Result:
                 if reason:
                     saturation = {"stage": i, "value": value, "reason": reason}
                     break
+    gc.unfreeze()
     result = Result(cfg, stages, saturation)
     if cfg.output_dir:
         from .report import write_all
