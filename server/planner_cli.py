@@ -172,7 +172,8 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None, err: Optional[Te
             out.write(candidate_table(exc.candidates) + "\n\n")
         err.write(f"plan: {exc}\n")
         return 1
-    out.write(f"# {p.model} on {args.nodes} x {args.gpus} {p.gpu_kind.upper()}, {p.dtype} weights, "
+    where = f"{args.gpus} x {p.gpu_kind.upper()}" + (f" on each of {args.nodes} nodes" if args.nodes > 1 else "")
+    out.write(f"# {p.model} on {where}, {p.dtype} weights, "
               f"{p.kv_dtype} KV cache, context {p.context:,}"
               + (f", concurrency {p.concurrency}" if p.concurrency else "") + "\n")
     out.write(candidate_table(p.candidates, p.chosen, p.rejected if args.all else ()) + "\n\n")
