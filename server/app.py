@@ -109,7 +109,7 @@ def deployment_options(pool: PoolConfig) -> Dict[str, Any]:
 def llm_config_for_pool(name: str, pool: PoolConfig, config: AppConfig) -> LLMConfig:
     env = dict(BASE_ENGINE_ENV)
     if pool.accelerator == "cpu":
-        env["VLLM_CPU_KVCACHE_SPACE"] = f"{pool.cpu.kvcache_space_gib:g}"
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(pool.cpu.kvcache_space_gib)
         bind = cpu_thread_binding(pool)
         if bind:
             env["VLLM_CPU_OMP_THREADS_BIND"] = bind

@@ -86,12 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--output", choices=["yaml", "json"], default="yaml")
     render.set_defaults(func=cmd_render)
 
-    try:
-        from server import planner_cli
+    from server import planner_cli
 
-        planner_cli.add_parser(sub)
-    except ImportError:  # the planner ships in its own module
-        pass
+    planner_cli.add_parser(sub)
     return parser
 
 

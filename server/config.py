@@ -49,6 +49,9 @@ class ServerConfig(StrictModel):
         description="Logical CPUs a local Ray instance advertises. None: enough for every "
         "pool's placement group plus the ingress (Ray CPU counts are logical, not cores).",
     )
+    ray_metrics_port: int = Field(
+        8080, ge=1, le=65535, description="Port of Ray's Prometheus exporter (engine and Serve metrics) on a local Ray instance."
+    )
     ingress_replicas: int = Field(1, ge=1, description="Replicas of the router/ingress deployment.")
     ingress_max_ongoing_requests: int = Field(
         1024, ge=1, description="Requests one ingress replica handles at once before Serve queues them."
@@ -116,11 +119,14 @@ class PlanRequest(StrictModel):
     dtype: Literal["bf16", "fp8", "int4"] = Field("bf16", description="Weight dtype or quantisation.")
     kv_dtype: Literal["auto", "fp8"] = Field("auto", description="KV-cache dtype.")
     context: Optional[int] = Field(None, ge=256, description="Target context length (default: the model's maximum).")
-    concurrency: Optional[int] = Field(None, ge=1, description="Target concurrent sequences per replica.")
+    concurrency: Optional[int] = Field(
+        None, ge=1, description="Target full-context sequences held at once across the whole pool (all replicas)."
+    )
+    memory_gib: Optional[float] = Field(None, gt=0, description="CPU plans only: RAM budget of one replica in GiB.")
 
 
 class CpuEngineConfig(StrictModel):
-    kvcache_space_gib: float = Field(1.0, gt=0, description="KV-cache size on the CPU (VLLM_CPU_KVCACHE_SPACE).")
+    kvcache_space_gib: int = Field(1, ge=1, description="KV-cache size on the CPU in whole GiB (VLLM_CPU_KVCACHE_SPACE).")
     omp_threads_bind: str = Field(
         "auto",
         description="VLLM_CPU_OMP_THREADS_BIND: 'auto', or one core list per TP rank joined by '|', "

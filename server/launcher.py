@@ -8,6 +8,7 @@ is ready, then wait for Ctrl-C (or SIGTERM) and shut down cleanly.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -35,7 +36,7 @@ def local_num_cpus(config: AppConfig) -> float:
         bundles = placement_bundles(pool)["bundles"]
         per_replica = sum(b.get("CPU", 0) for b in bundles) + (0.25 if pool.accelerator == "cpu" else 1)
         total += per_replica * max(pool.served_replicas, pool.autoscaling.max_replicas if pool.autoscaling else 0)
-    return max(float(os.cpu_count() or 1), total + 1)
+    return float(max(os.cpu_count() or 1, math.ceil(total + 1)))
 
 
 def _deployment_rows(status: Any) -> Dict[str, Dict[str, Any]]:
@@ -63,8 +64,15 @@ class Launcher:
 
     def run(self) -> int:
         from server import preflight
+        from server.app import resolve_plans
+        from server.plan_apply import PlanApplyError
 
         started = time.monotonic()
+        try:
+            self.config = resolve_plans(self.config)
+        except PlanApplyError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         _say(f"qwen-serve: config {self.source}; pools: {', '.join(self.config.pools)}")
         local = self.config.server.ray_address is None
         try:
@@ -79,10 +87,10 @@ class Launcher:
 
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
         if local:
-            num_cpus = self.config.server.num_cpus or local_num_cpus(self.config)
+            num_cpus = math.ceil(self.config.server.num_cpus or local_num_cpus(self.config))
             _say(f"  starting a local Ray instance ({num_cpus:g} logical CPUs)")
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                     _metrics_export_port=int(os.environ.get("QWEN_SERVE_RAY_METRICS_PORT", "8080")))
+                     _metrics_export_port=self.config.server.ray_metrics_port)
         else:
             _say(f"  joining the Ray cluster at {self.config.server.ray_address}")
             ray.init(address=self.config.server.ray_address, log_to_driver=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,12 +21,17 @@ class KeyLimits(_Strict):
 
 class SecurityConfig(_Strict):
     api_keys_env: Optional[str] = Field(
-        None, description="Environment variable holding API keys, comma or newline separated. Keys are hashed on load."
+        None,
+        description="Environment variable holding API keys, comma or newline separated; an entry "
+        "`name:key` names the key (for per-key limits, logs and metrics). Keys are hashed on load.",
     )
     api_keys_file: Optional[str] = Field(
-        None, description="File (e.g. a mounted Secret) holding API keys, one per line; '#' starts a comment."
+        None, description="File (e.g. a mounted Secret) holding API keys, one `[name:]key` per line; '#' starts a comment."
     )
     key_limits: KeyLimits = Field(default_factory=KeyLimits, description="Limits applied to each API key separately.")
+    per_key_limits: Dict[str, KeyLimits] = Field(
+        default_factory=dict, description="Limits for named keys, replacing key_limits for those keys."
+    )
 
     @property
     def auth_configured(self) -> bool:

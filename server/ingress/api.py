@@ -54,7 +54,7 @@ class Ingress:
         self.forwarder = Forwarder(backend, tracker, metrics, config.server.request_timeout_s)
         self.health = HealthChecker(config, backend, tracker, metrics)
         self.auth = Authenticator.from_config(config.security)
-        self.limiter = KeyLimiter(config.security.key_limits)
+        self.limiter = KeyLimiter(config.security.key_limits, config.security.per_key_limits)
         self.hybrid = {name: p.supports_thinking for name, p in config.pools.items()}
 
     def route(self, kind: str, body: Dict[str, Any]) -> Decision:

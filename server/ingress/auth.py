@@ -12,7 +12,8 @@ import hashlib
 import hmac
 import logging
 import os
-from typing import Iterable, List, Optional
+import re
+from typing import Iterable, List, Optional, Tuple
 
 from server.ingress.errors import APIError
 from server.security_config import SecurityConfig
@@ -26,23 +27,32 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
-def parse_keys(text: str) -> List[str]:
+_NAMED = re.compile(r"^([A-Za-z0-9_.-]{1,64}):(\S+)$")
+
+
+def parse_keys(text: str, start: int = 0) -> List[Tuple[str, str]]:
+    """(name, key) pairs from `[name:]key` entries; unnamed keys are called key-N."""
     keys = []
     for line in text.replace(",", "\n").splitlines():
         line = line.split("#", 1)[0].strip()
-        if line:
-            keys.append(line)
+        if not line:
+            continue
+        named = _NAMED.match(line)
+        if named:
+            keys.append((named.group(1), named.group(2)))
+        else:
+            keys.append((f"key-{start + len(keys) + 1}", line))
     return keys
 
 
 class Authenticator:
-    def __init__(self, keys: Iterable[str]) -> None:
-        self._digests = [_digest(k) for k in keys]
+    def __init__(self, keys: Iterable[Tuple[str, str]]) -> None:
+        self._digests = [(name, _digest(k)) for name, k in keys]
         self.enabled = bool(self._digests)
 
     @classmethod
     def from_config(cls, security: SecurityConfig) -> "Authenticator":
-        keys: List[str] = []
+        keys: List[Tuple[str, str]] = []
         if security.api_keys_env:
             value = os.environ.get(security.api_keys_env)
             if value is None:
@@ -51,7 +61,7 @@ class Authenticator:
         if security.api_keys_file:
             try:
                 with open(security.api_keys_file, encoding="utf-8") as fh:
-                    keys += parse_keys(fh.read())
+                    keys += parse_keys(fh.read(), start=len(keys))
             except OSError as err:
                 raise ValueError(f"security.api_keys_file {security.api_keys_file} cannot be read: {err.strerror}") from None
         if security.auth_configured and not keys:
@@ -62,15 +72,15 @@ class Authenticator:
         return auth
 
     def key_id(self, presented: Optional[str]) -> Optional[str]:
-        """A short id (digest prefix) of a valid key, or None. Constant time over all keys."""
+        """The name of a valid key, or None. Compares against every key (constant time)."""
         if presented is None:
             return None
         candidate = _digest(presented)
         match = None
-        for digest in self._digests:
+        for name, digest in self._digests:
             if hmac.compare_digest(candidate, digest):
-                match = digest
-        return match.hex()[:12] if match is not None else None
+                match = name
+        return match
 
     def check(self, request) -> Optional[str]:
         return request.scope.get("qwen_key_id")

@@ -40,28 +40,32 @@ def token_charge(request: Any) -> int:
 
 
 class KeyLimiter:
-    def __init__(self, limits: KeyLimits, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limits = limits
+    def __init__(self, limits: KeyLimits, per_key: Optional[Dict[str, KeyLimits]] = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self.buckets = KeyBuckets(limits.requests_per_minute, limits.tokens_per_minute)
+        self.default = limits
+        self.per_key = dict(per_key or {})
+        self.buckets = {name: KeyBuckets(lim.requests_per_minute, lim.tokens_per_minute) for name, lim in self.per_key.items()}
+        self.default_buckets = KeyBuckets(limits.requests_per_minute, limits.tokens_per_minute)
         self.in_flight: Dict[str, int] = {}
 
-    @property
-    def active(self) -> bool:
-        lim = self.limits
+    @staticmethod
+    def _active(lim: KeyLimits) -> bool:
         return bool(lim.requests_per_minute or lim.tokens_per_minute or lim.max_concurrency)
 
     async def acquire(self, key_id: Optional[str], request: Any, headers: Dict[str, str]) -> Callable[[], None]:
-        if not self.active:
-            return _noop
         key = key_id or ANONYMOUS
-        cap = self.limits.max_concurrency
+        limits = self.per_key.get(key, self.default)
+        if not self._active(limits):
+            return _noop
+        buckets = self.buckets.get(key, self.default_buckets)
+        cap = limits.max_concurrency
         if cap is not None and self.in_flight.get(key, 0) >= cap:
             raise APIError(
                 429, f"Too many concurrent requests for this key (limit {cap})", code="concurrency_limit_exceeded",
                 headers={**headers, "Retry-After": "1"}, reason="rate_limit",
             )
-        allowed, which, wait = self.buckets.try_take(key, token_charge(request), self.clock())
+        allowed, which, wait = buckets.try_take(key, token_charge(request), self.clock())
         if not allowed:
             after = retry_after_seconds(wait)
             raise APIError(

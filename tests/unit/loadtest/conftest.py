@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from loadtest.config import LoadConfig, MetricsConfig, RunConfig, WorkloadConfig
-from loadtest.stub import StubOptions, running_stub
+from loadtest.stub import running_stub
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,3 @@ def make_cfg(stub):
 
     return make
 
-
-def stub_with(**opts):
-    """A context manager for a stub with non-default options."""
-    return running_stub(StubOptions(**opts))
