@@ -35,7 +35,7 @@ class EffortBudgets(_Strict):
 
 
 class ScorerConfig(_Strict):
-    threshold: float = Field(1.0, description="Auto mode picks thinking when the prompt's score reaches this.")
+    threshold: float = Field(0.6, description="Auto mode picks thinking when the prompt's score reaches this.")
     weights: Dict[str, float] = Field(
         default_factory=lambda: {
             "math_notation": 1.0,

@@ -101,17 +101,17 @@ def _explicit_mode(sig: RequestSignals, cfg: RouterConfig, alias_mode: Optional[
     return None
 
 
-def resolve_model(model: Optional[str], cfg: RouterConfig, pools: Mapping[str, object]) -> Tuple[str, Optional[str]]:
-    """Map `model` to (requested mode, pinned pool or None)."""
+def resolve_model(model: Optional[str], cfg: RouterConfig, pools: Mapping[str, object]) -> Tuple[str, Optional[str], bool]:
+    """Map `model` to (requested mode, pinned pool or None, whether a mode alias said so)."""
     if model is None or model == "":
-        return cfg.default_mode, None
+        return cfg.default_mode, None, False
     if model in cfg.aliases:
-        return cfg.aliases[model], None
+        return cfg.aliases[model], None, True
     if model in pools:
         for mode, mode_cfg in cfg.modes.items():
             if mode_cfg.pool == model:
-                return mode, model
-        return cfg.default_mode, model
+                return mode, model, False
+        return cfg.default_mode, model, False
     raise UnknownModel(model)
 
 
@@ -123,8 +123,8 @@ def decide(
     *,
     supports_thinking: Mapping[str, bool] = {},
 ) -> Decision:
-    requested, pinned = resolve_model(sig.model, cfg, pools)
-    explicit = _explicit_mode(sig, cfg, requested if pinned is None else None)
+    requested, pinned, by_alias = resolve_model(sig.model, cfg, pools)
+    explicit = _explicit_mode(sig, cfg, requested if by_alias else None)
     score = None
     signals: Tuple[str, ...] = ()
     if explicit is not None:

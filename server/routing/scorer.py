@@ -41,7 +41,7 @@ _PATTERNS: Dict[str, "re.Pattern[str]"] = {
     ),
     "proof": re.compile(
         r"\b(?:prove|proof|show that|demonstrate that|derive|rigorous(?:ly)?)\b|"
-        r"证明|推导|demuestra|demostrar|prouve[rz]?|démontre[rz]?|beweise|beweisen|証明|доказ\w+",
+        r"证明|推导|demuestra|demostrar|prouve[rz]?|démontre[rz]?|beweise|beweisen|証明|доказ\w+|докаж\w*",
         _I,
     ),
     "step_by_step": re.compile(
