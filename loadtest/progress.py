@@ -21,6 +21,7 @@ class Progress:
         self.total: Optional[int] = None
         self.n = self.errors = self.tokens = 0
         self.t0 = 0.0
+        self._prev = None
 
     def start_stage(self, index: int, shape: str, value: float, run) -> None:
         self.run, self.n, self.errors, self.tokens = run, 0, 0, 0
@@ -29,6 +30,7 @@ class Progress:
                       if ld.num_requests and not ld.duration_s else None)
         self.label = f"stage {index} {shape}={value:g}"
         self.t0 = time.perf_counter()
+        self._prev = None
         if self.enabled:
             self.task = asyncio.get_running_loop().create_task(self._loop())
 
@@ -45,10 +47,16 @@ class Progress:
         if self.enabled:
             self._print(final=True)
 
-    def line(self) -> str:
-        el = time.perf_counter() - self.t0
-        rate = self.n / el if el > 0 else 0.0
-        chunks = self.tokens / el if el > 0 else 0.0
+    def line(self, final: bool = False) -> str:
+        """Counts so far, and the request and chunk rates since the previous line (the
+        whole stage's averages on the final line)."""
+        now = time.perf_counter()
+        el = now - self.t0
+        t_prev, n_prev, c_prev = (self._prev if self._prev and not final else (self.t0, 0, 0))
+        dt = now - t_prev
+        rate = (self.n - n_prev) / dt if dt > 0 else 0.0
+        chunks = (self.tokens - c_prev) / dt if dt > 0 else 0.0
+        self._prev = (now, self.n, self.tokens)
         inflight = getattr(self.run, "in_flight", 0)
         if self.total:
             frac = min(self.n / self.total, 1.0)
@@ -60,7 +68,7 @@ class Progress:
                 f"in-flight {inflight} errors {self.errors}")
 
     def _print(self, final: bool = False) -> None:
-        text = self.line()
+        text = self.line(final)
         if self.tty:
             self.stream.write("\r\x1b[2K" + text + ("\n" if final else ""))
         else:

@@ -44,6 +44,7 @@ class StubServer:
         self.prompt_tokens = 0
         self.generation_tokens = 0
         self.in_flight = 0
+        self.auth_seen: set = set()
         self.server: Optional[asyncio.AbstractServer] = None
         self.port = 0
 
@@ -114,8 +115,11 @@ class _Conn(asyncio.Protocol):
             length = 0
             for line in lines[1:]:
                 k, _, v = line.partition(":")
-                if k.strip().lower() == "content-length":
+                k = k.strip().lower()
+                if k == "content-length":
                     length = int(v)
+                elif k == "authorization":
+                    self.stub.auth_seen.add(v.strip())
             if len(self.buf) < head_end + 4 + length:
                 return
             body = self.buf[head_end + 4 : head_end + 4 + length]

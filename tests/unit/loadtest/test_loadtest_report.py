@@ -121,3 +121,40 @@ def test_cli_rejects_bad_options(capsys):
     assert cli.main(["--print-config", "--concurrency", "3", "--duration", "5"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["load"]["concurrency"] == 3 and printed["load"]["duration_s"] == 5
+
+
+def test_api_key_from_option_and_env(stub, make_cfg, monkeypatch):
+    run(make_cfg(api_key="sk-opt", metrics=False, load={"concurrency": 1, "num_requests": 1}))
+    monkeypatch.setenv("QWEN_LOADTEST_API_KEY", "sk-env")
+    run(make_cfg(metrics=False, load={"concurrency": 1, "num_requests": 1}))
+    assert {"Bearer sk-opt", "Bearer sk-env"} <= stub.auth_seen
+
+
+def test_progress_plain_lines_when_not_a_tty(make_cfg):
+    import asyncio
+    import io
+
+    from loadtest.progress import Progress
+    from loadtest.runner import _StageRun
+
+    buf = io.StringIO()
+    prog = Progress(stream=buf, interval_s=0.05)
+    assert not prog.tty
+
+    async def go():
+        sr = _StageRun(make_cfg(load={"concurrency": 1, "num_requests": 5}), 0, 1, iter(()), None, prog)
+        prog.start_stage(0, "concurrency", 1, sr)
+        from loadtest.client import Record
+        for i in range(5):
+            r = Record(i, status=200 if i else 500)
+            r.chunk_times = [0.1, 0.2]
+            if not i:
+                r.fail("http_500", "x")
+            prog.done(r)
+        await asyncio.sleep(0.12)
+        prog.end_stage()
+
+    asyncio.run(go())
+    lines = buf.getvalue().splitlines()
+    assert len(lines) >= 2 and "\r" not in buf.getvalue()
+    assert "[####################] 5/5" in lines[-1] and "errors 1" in lines[-1]
