@@ -50,6 +50,9 @@ def format_table(result) -> str:
             f"   {o['request_throughput']:.2f} req/s | {o['output_throughput']:,.1f} output tok/s | "
             f"{o['total_token_throughput']:,.1f} total tok/s | goodput {o['goodput']:.2f} req/s"
             + (f" (SLO {o['slo_ms']})" if o["slo_ms"] else ""))
+        if s.get("offered_rate"):
+            lines.append(f"   offered {s['offered_rate']:g} req/s, server kept up with "
+                         f"{_f(s.get('achieved_rate'), 2)} req/s while sending")
         if o["errors"]:
             lines.append("   errors: " + ", ".join(f"{k}={v}" for k, v in o["errors"].items()))
         lines.append(f"{'group':<12} {'metric':<5} {'n':>7} " + " ".join(f"{c + ' ms':>10}" for c in COLS))
@@ -79,7 +82,7 @@ def format_table(result) -> str:
             lines.append("   server /metrics delta vs client (all phases): " + ", ".join(
                 f"{k} {_f(v[1], 0)} vs {v[0]}" for k, v in cmp_.items())
                 + f", KV-cache peak {_f(None if sv['kv_cache_usage_peak'] is None else 100 * sv['kv_cache_usage_peak'])}%")
-    if len(result.stages) > 1:
+    if result.config.load.sweep:
         lines.append("== sweep")
         lines.append(f"{'value':>8} {'req/s':>9} {'out tok/s':>11} {'TTFT p50':>9} {'TTFT p99':>9} "
                      f"{'TPOT p50':>9} {'TPOT p99':>9} {'failed':>7}")

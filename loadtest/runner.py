@@ -269,6 +269,8 @@ def summarize_stage(cfg: RunConfig, stage: Stage, server, wall: float, cpu: floa
         if key in ("by_mode", "by_served_mode") or len(groups) > 1:
             out[key] = {str(k): stats.summarize(v, slo) for k, v in groups.items()}
     ok_all = [r for r in recs if r.ok]
+    if stage.shape == "rate":
+        out["achieved_rate"] = achieved_rate(recs)
     routes = {}
     for r in recs:
         if r.route_mode or r.route_pool:
@@ -301,6 +303,21 @@ def summarize_stage(cfg: RunConfig, stage: Stage, server, wall: float, cpu: floa
             "generation_tokens": (out["all_phases"]["output_tokens"], server.get("generation_tokens")),
         }
     return out
+
+
+def achieved_rate(records) -> Optional[float]:
+    """Completions per second (any phase) while measured requests were being sent.
+
+    In an open loop this is the rate the server kept up with in steady state; unlike the
+    measured-window throughput it is not diluted by the drain after sending stops
+    (given a warm-up and cool-down of a few request latencies).
+    """
+    starts = [r.start for r in records if r.phase == "measure"]
+    if len(starts) < 2:
+        return None
+    lo, hi = min(starts), max(starts)
+    done = sum(1 for r in records if r.ok and r.end is not None and lo <= r.end <= hi)
+    return done / (hi - lo) if hi > lo else None
 
 
 def _by_turn(records) -> Dict[int, list]:

@@ -191,7 +191,9 @@ def saturation(stages: Sequence[Dict[str, object]], load) -> Optional[str]:
                     f"stage's ({first:.1f} ms)")
     offered = stages[-1].get("offered_rate")
     if offered:
-        achieved = cur["request_throughput"]
+        achieved = stages[-1].get("achieved_rate")
+        if achieved is None:
+            achieved = cur["request_throughput"]
         if achieved < offered * load.saturation_min_rate_ratio:
             return (f"achieved {achieved:.2f} req/s < {load.saturation_min_rate_ratio:.0%} of "
                     f"the offered {offered:.2f} req/s")

@@ -111,3 +111,19 @@ def test_group_by_keeps_zero():
     a, b = rec(), rec()
     a.turn, b.turn = 0, 1
     assert list(stats.group_by([a, b], "turn")) == [0, 1]
+
+
+def test_achieved_rate_counts_completions_while_sending():
+    from loadtest.runner import achieved_rate
+
+    recs = []
+    for i in range(11):  # measured sends every 0.1 s from 1.0 to 2.0; each takes 0.25 s
+        r = rec(start=1.0 + i / 10, e2e=0.25, phase="measure")
+        recs.append(r)
+    warm = [rec(start=0.8 + i / 10, e2e=0.25, phase="warmup") for i in range(2)]
+    # completions inside [1.0, 2.0]: warm-ups ending 1.05, 1.15 and measured ending <= 2.0
+    assert achieved_rate(recs + warm) == pytest.approx((2 + 8) / 1.0)
+    assert "offered" in stats.saturation(
+        [{**_stage(100, 50, offered=20.0, rps=19.0), "achieved_rate": 10.0}], LoadConfig(num_requests=1))
+    assert stats.saturation(
+        [{**_stage(100, 50, offered=20.0, rps=15.0), "achieved_rate": 19.5}], LoadConfig(num_requests=1)) is None
