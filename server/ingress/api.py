@@ -92,6 +92,8 @@ class Ingress:
                 "x-route-pool": decision.pool,
                 "x-route-reason": decision.reason,
             }
+            if decision.thinking_budget is not None:
+                headers["x-route-thinking-budget"] = str(decision.thinking_budget)
             if decision.reject:
                 raise APIError(
                     429, f"Too many requests: {decision.reject}; retry after {decision.retry_after_s}s",
@@ -164,7 +166,9 @@ class Ingress:
 
 def create_app(config: AppConfig, backend: PoolBackend, metrics: Optional[ServeMetrics] = None) -> FastAPI:
     metrics = metrics or ServeMetrics(pools=config.pools)
-    tracker = LoadTracker(pool_limits(config), ttft_window=config.router.load.ttft_window)
+    limits = pool_limits(config)
+    tracker = LoadTracker(limits, ttft_window=config.router.load.ttft_window)
+    metrics.set_pool_limits(limits)
     ingress = Ingress(config, backend, metrics, tracker)
     app = FastAPI(title="qwen-serve", version="0.1.0", docs_url=None, redoc_url=None)
     app.state.ingress = ingress
@@ -214,6 +218,7 @@ def create_app(config: AppConfig, backend: PoolBackend, metrics: Optional[ServeM
     if config.metrics.enabled:
         @app.get("/metrics", summary="Prometheus metrics of the router")
         async def prometheus() -> Response:
+            await ingress.health.report()  # pool health gauges are as fresh as the scrape (cached 1 s)
             return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     return app
