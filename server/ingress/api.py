@@ -28,6 +28,9 @@ from server.routing.decide import Decision, UnknownModel, decide
 from server.routing.load import LoadTracker, PoolLimits
 
 
+TIMEOUT_HEADER = "x-request-timeout"
+
+
 def _json(body: Any, status: int = 200, headers: Optional[Dict[str, str]] = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
@@ -78,6 +81,7 @@ class Ingress:
         decision: Optional[Decision] = None
         try:
             key_id = self.auth.check(request)
+            timeout_s = self._timeout(request)
             raw = await request.body()
             if len(raw) > self.config.limits.max_body_bytes:
                 raise APIError(413, f"Request body is {len(raw)} bytes; the limit is {self.config.limits.max_body_bytes}", code="body_too_large")
@@ -113,7 +117,7 @@ class Ingress:
                 err.headers.setdefault("x-route-reason", decision.reason)
             raise
         try:
-            info = CallInfo(kind, decision.pool, decision.mode, request_id, headers, strip_usage)
+            info = CallInfo(kind, decision.pool, decision.mode, request_id, headers, strip_usage, timeout_s=timeout_s)
             response = await self.forwarder.forward(info, engine_request)
         except BaseException:
             release()
@@ -132,6 +136,19 @@ class Ingress:
         else:
             release()
         return response
+
+    def _timeout(self, request: Request) -> Optional[float]:
+        """A client may shorten (never extend) its deadline with `x-request-timeout` seconds."""
+        value = request.headers.get(TIMEOUT_HEADER)
+        if value is None:
+            return None
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not 0 < seconds < float("inf"):
+            raise APIError(400, f"'{TIMEOUT_HEADER}' must be a positive number of seconds", param=TIMEOUT_HEADER, code="invalid_value")
+        return min(seconds, self.config.server.request_timeout_s)
 
     def explain(self, body: Dict[str, Any]) -> Dict[str, Any]:
         kind = "chat" if "messages" in body else "completions"

@@ -36,6 +36,7 @@ class CallInfo:
     request_id: str
     headers: Dict[str, str]
     strip_usage: bool  # the client did not ask for the usage chunk; we asked for it
+    timeout_s: Optional[float] = None  # this request's deadline (default: the server's)
 
 
 def _is_error(item: Any) -> bool:
@@ -99,26 +100,33 @@ class Forwarder:
         details = usage.get("completion_tokens_details") or {}
         m.reasoning_tokens.labels(info.pool, info.mode).inc(details.get("reasoning_tokens") or 0)
 
+    def _count_rejection(self, err: APIError) -> None:
+        # Refused by Serve's full queue or by the engine's own validation: a rejection too.
+        if err.reason in ("queue_full", "bad_request"):
+            self.metrics.rejections.labels(err.reason).inc()
+
     def _settle(self, info: CallInfo, status: int, started: float) -> None:
         self.tracker.finish(info.pool)
         m = self.metrics
-        m.in_flight.labels(info.pool).set(self.tracker.in_flight(info.pool))
+        m.set_load(info.pool, self.tracker.in_flight(info.pool))
         m.requests.labels(info.pool, info.mode, str(status)).inc()
         m.e2e.labels(info.pool, info.mode).observe(self.clock() - started)
 
     async def forward(self, info: CallInfo, request: Any) -> Response:
         started = self.clock()
-        deadline = started + self.timeout_s
+        timeout_s = info.timeout_s or self.timeout_s
+        deadline = started + timeout_s
         self.tracker.start(info.pool)
-        self.metrics.in_flight.labels(info.pool).set(self.tracker.in_flight(info.pool))
+        self.metrics.set_load(info.pool, self.tracker.in_flight(info.pool))
         stream = None
         try:
             stream = self.backend.call(info.kind, info.pool, request)
-            first = await asyncio.wait_for(stream.__anext__(), self.timeout_s)
+            first = await asyncio.wait_for(stream.__anext__(), timeout_s)
         except BaseException as exc:  # noqa: BLE001 - every failure must settle the request
             if stream is not None:
                 stream.cancel()
-            err = self._map_exception(exc)
+            err = self._map_exception(exc, timeout_s)
+            self._count_rejection(err)
             self._settle(info, err.status, started)
             if isinstance(exc, asyncio.CancelledError):
                 raise
@@ -129,25 +137,27 @@ class Forwarder:
         if _is_error(head):
             stream.cancel()
             err = from_engine_error(head)
+            self._count_rejection(err)
             self._settle(info, err.status, started)
             raise err
         if head is not None and not isinstance(head, str):
             # A complete (non-streamed) response object.
             body = head.model_dump(mode="json") if hasattr(head, "model_dump") else head
+            # Not streamed: the client's first token is the whole answer, so this request
+            # counts in the end-to-end latency only, not in TTFT, answer-token or ITL.
             self._count_usage(info, body.get("usage"))
-            self.metrics.ttft.labels(info.pool, info.mode).observe(self.clock() - started)
             self._settle(info, 200, started)
             return Response(orjson.dumps(body), media_type="application/json", headers=info.headers)
         return StreamingResponse(
-            self._stream(info, stream, items, started, deadline),
+            self._stream(info, stream, items, started, deadline, timeout_s),
             media_type="text/event-stream",
             headers={**info.headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
         )
 
-    def _map_exception(self, exc: BaseException) -> APIError:
+    def _map_exception(self, exc: BaseException, timeout_s: float) -> APIError:
         name = type(exc).__name__
         if isinstance(exc, asyncio.TimeoutError):
-            return APIError(504, f"Request timed out after {self.timeout_s:.0f}s", code="timeout", reason="timeout")
+            return APIError(504, f"Request timed out after {timeout_s:g}s", code="timeout", reason="timeout")
         if isinstance(exc, asyncio.CancelledError):
             return APIError(499, "Client closed the request", reason="client_closed")
         if name == "BackPressureError":
@@ -157,7 +167,9 @@ class Forwarder:
         logger.warning("engine call failed: %s", name)
         return APIError(503, f"Engine unavailable ({name}); retry later", code="engine_unavailable", headers={"Retry-After": "1"}, reason="engine_error")
 
-    async def _stream(self, info: CallInfo, stream: Any, pending: List[Any], started: float, deadline: float) -> AsyncIterator[bytes]:
+    async def _stream(
+        self, info: CallInfo, stream: Any, pending: List[Any], started: float, deadline: float, timeout_s: float
+    ) -> AsyncIterator[bytes]:
         m = self.metrics
         ttft_seen = answer_seen = False
         last_token_at: Optional[float] = None
@@ -217,12 +229,12 @@ class Forwarder:
                 yield _DONE.encode()
         except asyncio.TimeoutError:
             status = 504
-            yield error_chunk(APIError(504, f"Request timed out after {self.timeout_s:.0f}s", code="timeout"))
+            yield error_chunk(APIError(504, f"Request timed out after {timeout_s:g}s", code="timeout"))
         except (asyncio.CancelledError, GeneratorExit):
             status = 499
             raise
         except Exception as exc:  # noqa: BLE001 - an engine failure mid-stream ends it cleanly
-            err = self._map_exception(exc)
+            err = self._map_exception(exc, timeout_s)
             status = err.status
             yield error_chunk(err)
         finally:

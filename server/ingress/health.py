@@ -62,9 +62,9 @@ class HealthChecker:
             for name, (answered, error) in zip(names, results):
                 load = snapshot[name]
                 self.tracker.set_healthy(name, answered)
-                self.metrics.pool_healthy.labels(name).set(1 if answered else 0)
                 entry = classify(answered, error, load.in_flight, load.slots, load.queue_limit,
                                  load.recent_ttft_s, self.config.metrics.ttft_slo_s)
+                self.metrics.set_pool_status(name, entry["status"])
                 entry.update(in_flight=load.in_flight, slots=load.slots, queue_limit=load.queue_limit,
                              recent_ttft_s=load.recent_ttft_s)
                 pools[name] = entry
