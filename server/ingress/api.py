@@ -23,6 +23,7 @@ from server.ingress.errors import APIError, install_error_handlers
 from server.ingress.forward import CallInfo, Forwarder
 from server.ingress.health import HealthChecker
 from server.ingress.limits import KeyLimiter
+from server.ingress.openapi import install_openapi
 from server.metrics import CONTENT_TYPE, ServeMetrics
 from server.routing.decide import Decision, UnknownModel, decide
 from server.routing.load import LoadTracker, PoolLimits
@@ -238,4 +239,5 @@ def create_app(config: AppConfig, backend: PoolBackend, metrics: Optional[ServeM
             await ingress.health.report()  # pool health gauges are as fresh as the scrape (cached 1 s)
             return Response(metrics.render(), media_type=CONTENT_TYPE)
 
+    install_openapi(app)
     return app
