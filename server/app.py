@@ -17,6 +17,7 @@ from ray.serve.llm.deployment import LLMServer
 
 from server.config import AppConfig, PoolConfig, load_config, parse_config
 from server.models import resolve_model_source
+from server.plan_apply import resolve_plans
 
 logger = logging.getLogger("qwen_serve.app")
 
@@ -147,16 +148,6 @@ class RouterIngress:
 
         logging.getLogger("qwen_serve").setLevel(self._config.server.log_level)
         return create_app(self._config, self._backend)
-
-
-def resolve_plans(config: AppConfig) -> AppConfig:
-    """Fill pools that ask for `plan:` with the sharding planner's engine config."""
-    if not any(p.plan for p in config.pools.values()):
-        return config
-    from server.plan_apply import apply_plan
-
-    pools = {name: apply_plan(pool) if pool.plan else pool for name, pool in config.pools.items()}
-    return config.model_copy(update={"pools": pools})
 
 
 def build_app(args: Union[Dict[str, Any], AppConfig, None] = None) -> serve.Application:

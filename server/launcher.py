@@ -64,8 +64,7 @@ class Launcher:
 
     def run(self) -> int:
         from server import preflight
-        from server.app import resolve_plans
-        from server.plan_apply import PlanApplyError
+        from server.plan_apply import PlanApplyError, resolve_plans
 
         started = time.monotonic()
         try:
@@ -91,6 +90,8 @@ class Launcher:
             _say(f"  starting a local Ray instance ({num_cpus:g} logical CPUs)")
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                      _metrics_export_port=self.config.server.ray_metrics_port)
+            _say(f"  Ray is up at {ray.get_runtime_context().gcs_address} "
+                 f"(qwen-serve status --address {ray.get_runtime_context().gcs_address})")
         else:
             _say(f"  joining the Ray cluster at {self.config.server.ray_address}")
             ray.init(address=self.config.server.ray_address, log_to_driver=False)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from server.config import PoolConfig
+from server.config import AppConfig, PoolConfig
 from server.planner import PlanError, plan_from_request
 
 _PLANNED = ("parallelism", "placement", "replicas")
@@ -49,3 +49,11 @@ def apply_plan(pool: PoolConfig) -> PoolConfig:
     if "cpu" in frag:
         data["cpu"] = {**data.get("cpu", {}), **frag["cpu"]}
     return PoolConfig.model_validate(data)
+
+
+def resolve_plans(config: AppConfig) -> AppConfig:
+    """Fill every pool that asks for `plan:` with the sharding planner's engine config."""
+    if not any(p.plan for p in config.pools.values()):
+        return config
+    pools = {name: apply_plan(pool) if pool.plan else pool for name, pool in config.pools.items()}
+    return config.model_copy(update={"pools": pools})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -54,6 +55,12 @@ class Stack:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    @property
+    def ray_address(self) -> str:
+        match = re.search(r"Ray is up at (\S+)", self.log_text())
+        assert match, "the launcher did not print Ray's address"
+        return match.group(1)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -124,6 +131,9 @@ def stack(tmp_path_factory, stack_lock) -> Stack:
         yield Stack(url=url, proc=proc, log_path=log_path, startup_s=startup, metrics_port=metrics_port, config_path=config_path)
     finally:
         _stop(proc)
+    # Ctrl-C shut everything down cleanly.
+    assert proc.returncode == 0, f"qwen-serve up exited with {proc.returncode} after Ctrl-C"
+    assert "qwen-serve: stopped" in log_path.read_text(errors="replace")
 
 
 @pytest.fixture(scope="session")
