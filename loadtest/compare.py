@@ -1,0 +1,265 @@
+"""Side-by-side serving benchmark: bare vLLM, Ray Serve LLM on its defaults, qwen-serve.
+
+    python -m loadtest.compare [--concurrency 1,8,32] [--rounds 1] [--out DIR]
+    python -m loadtest.compare --model Qwen/Qwen3-8B --accelerator gpu --max-model-len 8192
+
+Starts each server in turn on this machine, with the same model and engine arguments,
+runs the same closed-loop streaming chat load against each (random prompts of 64-512
+tokens, 32-256 output tokens made exact with ignore_eos, explicit fast mode so every
+server sees the same chat template), stops it, and prints each figure of the Ray-based
+servers as a ratio to bare vLLM from the same run. `--rounds N` repeats the whole cycle
+and reports the median of the rounds. The servers:
+
+1. `vllm`: vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`);
+2. `rayllm`: Ray Serve LLM's `build_openai_app` with an `LLMConfig` on its defaults;
+3. `qwen-serve`: `qwen-serve up` of a one-pool config (a hybrid pool serving both modes)
+   with the router, API-key auth and metrics on.
+
+While it runs it holds the lock the integration-test stack takes, so the two never share
+the machine. The servers listen on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from loadtest import bench_serving as servers
+from loadtest.config import LoadConfig, RunConfig, WorkloadConfig
+
+LOCK_PATH = "/tmp/qwen-serve-test-stack.lock"
+SERVERS = ("vllm", "rayllm", "qwen-serve")
+BASELINE = "vllm"
+# figure -> (path in the load tester's summary, unit, better)
+FIGURES = {
+    "req_s": (("request_throughput",), "req/s", "higher"),
+    "tok_s": (("output_throughput",), "tok/s", "higher"),
+    "ttft_p50": (("latency_ms", "ttft", "p50"), "ms", "lower"),
+    "ttft_p99": (("latency_ms", "ttft", "p99"), "ms", "lower"),
+    "tpot_p50": (("latency_ms", "tpot", "p50"), "ms", "lower"),
+    "itl_p50": (("latency_ms", "itl", "p50"), "ms", "lower"),
+    "itl_p99": (("latency_ms", "itl", "p99"), "ms", "lower"),
+}
+
+
+def default_requests(concurrency: int) -> int:
+    """Measured requests per level: enough for stable medians, a few minutes in all on a CPU."""
+    return max(40, 10 * concurrency)
+
+
+def _dig(summary: Dict[str, Any], path) -> Optional[float]:
+    cur: Any = summary
+    for key in path:
+        if not isinstance(cur, dict) or key not in cur:
+            return None
+        cur = cur[key]
+    return float(cur) if cur is not None else None
+
+
+def figures(summary: Dict[str, Any], records: List[Any]) -> Dict[str, Optional[float]]:
+    """The compared figures of one load level (plus tokens per streamed chunk: 1.0 = no bursts)."""
+    overall = summary["overall"]
+    out = {name: _dig(overall, spec[0]) for name, spec in FIGURES.items()}
+    ok = [r for r in records if r.phase == "measure" and r.ok]
+    chunks = sum(len(r.chunk_times) for r in ok)
+    out["tok_per_chunk"] = (sum(r.output_tokens or 0 for r in ok) / chunks) if chunks else None
+    out["failed"] = float(overall["failed"])
+    return out
+
+
+def load_config(args: argparse.Namespace, concurrency: int, measured: int, warmup: int) -> LoadConfig:
+    return LoadConfig(concurrency=concurrency, num_requests=measured,
+                      warmup_requests=warmup, cooldown_requests=concurrency if measured > 1 else 0,
+                      request_timeout_s=args.request_timeout)
+
+
+def run_level(server: servers.Running, args: argparse.Namespace, concurrency: int) -> Dict[str, Any]:
+    from loadtest.runner import run
+
+    cfg = RunConfig(
+        base_url=server.base_url, model=server.model, api_key=server.api_key, seed=args.seed + concurrency,
+        workload=WorkloadConfig(input_tokens=args.input_tokens, output_tokens=args.output_tokens,
+                                mode_mix={"fast": 1.0}, tokenizer=args.tokenizer),
+        load=load_config(args, concurrency, args.requests or default_requests(concurrency), concurrency),
+        plots=False, progress=not args.quiet,
+    )
+    result = run(cfg)
+    return {"figures": figures(result.summary, result.records), "summary": result.summary}
+
+
+def warm_up(server: servers.Running, args: argparse.Namespace) -> None:
+    """A few requests of another prompt stream so first-request costs stay out of the figures."""
+    from loadtest.runner import run
+
+    run(RunConfig(base_url=server.base_url, model=server.model, api_key=server.api_key, seed=args.seed + 99991,
+                  workload=WorkloadConfig(input_tokens=args.input_tokens, output_tokens=args.output_tokens,
+                                          mode_mix={"fast": 1.0}, tokenizer=args.tokenizer),
+                  load=LoadConfig(concurrency=4, num_requests=8, request_timeout_s=args.request_timeout),
+                  plots=False, progress=False))
+
+
+def bench_server(name: str, args: argparse.Namespace, spec: servers.Spec, log_dir: Path) -> Dict[str, Any]:
+    started = time.monotonic()
+    entry: Dict[str, Any] = {"levels": {}}
+    with servers.start(name, spec, log_dir) as server:
+        entry["ready_s"] = time.monotonic() - started
+        _say(f"[{name}] ready in {entry['ready_s']:.0f}s at {server.base_url}")
+        warm_up(server, args)
+        for c in args.concurrency:
+            entry["levels"][str(c)] = level = run_level(server, args, c)
+            level["loadavg"] = os.getloadavg()
+            f = level["figures"]
+            _say(f"[{name}] c={c}: {f['tok_s']:.0f} tok/s, TTFT p50 {f['ttft_p50']:.1f} ms, "
+                 f"ITL p50 {f['itl_p50']:.1f} ms, failed {f['failed']:.0f}")
+    return entry
+
+
+def median_rounds(rounds: List[Dict[str, Any]]) -> Dict[str, Dict[str, Dict[str, Optional[float]]]]:
+    """server -> level -> figure: the median over the rounds that measured it."""
+    out: Dict[str, Dict[str, Dict[str, Optional[float]]]] = {}
+    for rnd in rounds:
+        for name, entry in rnd.items():
+            for level, data in entry["levels"].items():
+                for fig, value in data["figures"].items():
+                    out.setdefault(name, {}).setdefault(level, {}).setdefault(fig, []).append(value)
+    return {
+        name: {lvl: {fig: (statistics.median([v for v in vals if v is not None])
+                           if any(v is not None for v in vals) else None)
+                     for fig, vals in figs.items()} for lvl, figs in levels.items()}
+        for name, levels in out.items()
+    }
+
+
+def ratios(med: Dict[str, Dict[str, Dict[str, Optional[float]]]]) -> Dict[str, Dict[str, Dict[str, Optional[float]]]]:
+    """Each figure of each other server as a ratio to the baseline (TTFT also as a difference, ms)."""
+    base = med.get(BASELINE, {})
+    out: Dict[str, Dict[str, Dict[str, Optional[float]]]] = {}
+    for name, levels in med.items():
+        if name == BASELINE:
+            continue
+        for level, figs in levels.items():
+            ref = base.get(level, {})
+            row: Dict[str, Optional[float]] = {}
+            for fig, value in figs.items():
+                b = ref.get(fig)
+                row[fig] = value / b if value is not None and b else None
+            if figs.get("ttft_p50") is not None and ref.get("ttft_p50") is not None:
+                row["ttft_p50_delta_ms"] = figs["ttft_p50"] - ref["ttft_p50"]
+            out.setdefault(name, {})[level] = row
+    return out
+
+
+def format_table(med, rat, order: List[str], levels: List[str]) -> str:
+    cols = [("req_s", "req/s", "{:.2f}"), ("tok_s", "out tok/s", "{:.0f}"), ("ttft_p50", "TTFT p50", "{:.1f}"),
+            ("ttft_p99", "TTFT p99", "{:.1f}"), ("tpot_p50", "TPOT p50", "{:.2f}"), ("itl_p50", "ITL p50", "{:.2f}"),
+            ("tok_per_chunk", "tok/chunk", "{:.2f}")]
+    head = f"| {'conc':>4} | {'server':<10} | " + " | ".join(f"{c[1]:>10}" for c in cols) + " |"
+    lines = [head, "|" + "|".join("-" * len(part) for part in head[1:-1].split("|")) + "|"]
+    for level in levels:
+        for name in order:
+            figs = med.get(name, {}).get(level)
+            if not figs:
+                continue
+            cells = [(fmt.format(figs[k]) if figs.get(k) is not None else "-") for k, _, fmt in cols]
+            lines.append(f"| {level:>4} | {name:<10} | " + " | ".join(f"{c:>10}" for c in cells) + " |")
+            r = rat.get(name, {}).get(level)
+            if r:
+                cells = []
+                for k, _, _ in cols:
+                    if k == "ttft_p50" and r.get("ttft_p50_delta_ms") is not None:
+                        cells.append(f"{r[k]:.2f}x {r['ttft_p50_delta_ms']:+.0f}ms")
+                    else:
+                        cells.append(f"{r[k]:.2f}x" if r.get(k) is not None else "-")
+                lines.append(f"| {'':>4} | {'  vs vllm':<10} | " + " | ".join(f"{c:>10}" for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m loadtest.compare", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="tiny-qwen3-dense",
+                   help="tiny-qwen3-dense (built locally), a checkpoint directory or a Hugging Face id")
+    p.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--max-num-seqs", type=int, default=64)
+    p.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None,
+                   help="default: on for the CPU (skips torch.compile), off for GPUs")
+    p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=JSON",
+                   help="another engine argument for all three servers, e.g. gpu_memory_utilization=0.9")
+    p.add_argument("--kvcache-gib", type=int, default=1, help="CPU only: VLLM_CPU_KVCACHE_SPACE")
+    p.add_argument("--servers", default=",".join(SERVERS), help=f"subset of {','.join(SERVERS)}, in order")
+    p.add_argument("--concurrency", default="1,8,32", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--requests", type=int, help="measured requests per level (default: max(40, 10 x concurrency))")
+    p.add_argument("--input-tokens", default="64:512")
+    p.add_argument("--output-tokens", default="32:256")
+    p.add_argument("--tokenizer", help="tokenizer directory for prompt lengths (default: Qwen3's)")
+    p.add_argument("--rounds", type=int, default=1, help="repeat the whole cycle; figures are medians")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--request-timeout", type=float, default=300.0)
+    p.add_argument("--startup-timeout", type=float, default=900.0)
+    p.add_argument("--out", default="results/compare", help="directory for result.json and server logs")
+    p.add_argument("--no-lock", action="store_true", help="do not take the test-stack lock")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    order = [s for s in args.servers.split(",") if s]
+    unknown = set(order) - set(SERVERS)
+    if unknown:
+        raise SystemExit(f"unknown server(s) {sorted(unknown)}; known: {', '.join(SERVERS)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = servers.Spec.from_args(args)
+    lock = open(LOCK_PATH, "w") if not args.no_lock else None
+    if lock is not None:
+        _say(f"waiting for {LOCK_PATH} (one server stack on this machine at a time)")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    rounds: List[Dict[str, Any]] = []
+    load_before = os.getloadavg()
+    try:
+        for i in range(args.rounds):
+            rnd: Dict[str, Any] = {}
+            for name in order:
+                rnd[name] = bench_server(name, args, spec, out / f"round{i + 1}")
+            rounds.append(rnd)
+    finally:
+        if lock is not None:
+            lock.close()
+    med = median_rounds(rounds)
+    rat = ratios(med)
+    levels = [str(c) for c in args.concurrency]
+    table = format_table(med, rat, order, levels)
+    load_after = os.getloadavg()
+    doc = {
+        "command": "python -m loadtest.compare " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "spec": spec.describe(),
+        "workload": {"input_tokens": args.input_tokens, "output_tokens": args.output_tokens, "mode": "fast",
+                     "stream": True, "exact_output": True, "concurrency": args.concurrency,
+                     "requests": {str(c): args.requests or default_requests(c) for c in args.concurrency}},
+        "environment": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine(),
+                        "loadavg_before": load_before, "loadavg_after": load_after, **servers.versions()},
+        "median": med, "ratio_to_vllm": rat, "rounds": rounds, "table": table,
+    }
+    (out / "result.json").write_text(json.dumps(doc, indent=2, default=str))
+    print(table)
+    print(f"\nload average before {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "
+          f"after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}; results in {out / 'result.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
