@@ -130,6 +130,12 @@ a RayService whose replicas stay pending forever.
 {{- fail (printf "config.pools need at least %d GPUs for their minimum replicas, but the worker groups hold at most %d (maxReplicas x gpusPerPod)" (int $gpuNeedTotal) (int $gpuTotal)) }}
 {{- end }}
 
+{{- /* Pods outlive the router's graceful shutdown, so in-flight streams can finish. */}}
+{{- $grace := float64 (($cfg.server | default dict).graceful_shutdown_timeout_s | default 30) }}
+{{- if le (float64 .Values.terminationGracePeriodSeconds) $grace }}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must exceed config.server.graceful_shutdown_timeout_s (%v), or Kubernetes kills pods while streams are still finishing" .Values.terminationGracePeriodSeconds $grace) }}
+{{- end }}
+
 {{- /* Secrets the config relies on. */}}
 {{- $security := $cfg.security | default dict }}
 {{- if and .Values.apiKeys.enabled (not .Values.apiKeys.existingSecret) (not .Values.apiKeys.keys) }}

@@ -112,6 +112,8 @@ def test_schema_rejects_bad_values(chart, values, message):
      "config.security.api_keys_file is /other, but apiKeys mounts the keys at /etc/qwen-serve/api-keys/api-keys"),
     ({"rayService": {"upgradeStrategy": "NewClusterWithIncrementalUpgrade"}},
      "rayService.upgradeStrategy NewClusterWithIncrementalUpgrade needs rayService.clusterUpgradeOptions"),
+    ({"terminationGracePeriodSeconds": 20},
+     "terminationGracePeriodSeconds (20) must exceed config.server.graceful_shutdown_timeout_s (30)"),
     ({"configFile": "applications: [{name: other, import_path: other.app:build}]"},
      "configFile: a Serve config file must hold exactly one application with import_path server.app:build_app"),
 ])
