@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Tuple
@@ -64,6 +65,21 @@ def _has_token(frame: str, kind: str) -> Tuple[bool, bool]:
     if not answer and '"tool_calls":[' in frame:
         answer = True
     return answer or reasoning, answer
+
+
+if sys.version_info >= (3, 11):
+
+    async def _next_item(stream: Any, timeout_s: float) -> Any:
+        """The stream's next item within `timeout_s`. One timer, no task per item: this runs
+        once per streamed chunk, where `asyncio.wait_for` cost a task and two extra event-loop
+        turns (about 10 us of CPU a chunk)."""
+        async with asyncio.timeout(timeout_s):
+            return await stream.__anext__()
+
+else:  # pragma: no cover - Python 3.10
+
+    async def _next_item(stream: Any, timeout_s: float) -> Any:
+        return await asyncio.wait_for(stream.__anext__(), timeout_s)
 
 
 def _usage_from_frame(frame: str) -> Optional[Dict[str, Any]]:
@@ -121,7 +137,7 @@ class Forwarder:
         stream = None
         try:
             stream = self.backend.call(info.kind, info.pool, request)
-            first = await asyncio.wait_for(stream.__anext__(), timeout_s)
+            first = await _next_item(stream, timeout_s)
         except BaseException as exc:  # noqa: BLE001 - every failure must settle the request
             if stream is not None:
                 stream.cancel()
@@ -171,6 +187,7 @@ class Forwarder:
         self, info: CallInfo, stream: Any, pending: List[Any], started: float, deadline: float, timeout_s: float
     ) -> AsyncIterator[bytes]:
         m = self.metrics
+        itl = m.itl.labels(info.pool, info.mode)  # looked up once, observed per chunk
         ttft_seen = answer_seen = False
         last_token_at: Optional[float] = None
         usage: Optional[Dict[str, Any]] = None
@@ -200,7 +217,7 @@ class Forwarder:
                             m.ttft.labels(info.pool, info.mode).observe(now - started)
                             self.tracker.record_ttft(info.pool, now - started)
                         elif last_token_at is not None:
-                            m.itl.labels(info.pool, info.mode).observe(now - last_token_at)
+                            itl.observe(now - last_token_at)
                         last_token_at = now
                         if ans and not answer_seen:
                             answer_seen = True
@@ -220,7 +237,7 @@ class Forwarder:
                 if remaining <= 0:
                     raise asyncio.TimeoutError
                 try:
-                    nxt = await asyncio.wait_for(stream.__anext__(), remaining)
+                    nxt = await _next_item(stream, remaining)
                 except StopAsyncIteration:
                     exhausted = True
                     break
