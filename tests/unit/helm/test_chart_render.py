@@ -242,7 +242,9 @@ def test_monitoring_targets(rendered_examples):
     wanted = dict(pm["spec"]["selector"]["matchLabels"])
     assert wanted.pop("ray.io/is-ray-node") == "yes"  # set by KubeRay on every Ray pod
     assert all(pod_labels[k] == v for k, v in wanted.items())
-    assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    endpoint = pm["spec"]["podMetricsEndpoints"][0]
+    assert endpoint["port"] == "metrics"
+    assert endpoint["metricRelabelings"] == [{"sourceLabels": ["__name__"], "regex": "ray_vllm_.*|ray_serve_.*|ray_node_.*", "action": "keep"}]
     rule = r.one("PrometheusRule")
     assert rule["spec"] == yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
     pdb = r.one("PodDisruptionBudget")
