@@ -1,0 +1,79 @@
+"""Pure parts of the side-by-side benchmark (loadtest.compare, loadtest.bench_serving) and
+the router micro-benchmark's helpers: no server is started."""
+
+from __future__ import annotations
+
+import argparse
+
+from loadtest import bench_router, bench_serving, compare
+from loadtest.client import Record
+from server.config import parse_config
+
+
+def rec(tokens: int, chunks: int, ok: bool = True) -> Record:
+    r = Record(0, phase="measure", status=200 if ok else 500, output_tokens=tokens)
+    r.chunk_times = [0.01 * i for i in range(chunks)]
+    return r
+
+
+def summary(tok_s: float, ttft: float) -> dict:
+    return {"overall": {"request_throughput": tok_s / 100, "output_throughput": tok_s, "failed": 0,
+                        "latency_ms": {"ttft": {"p50": ttft, "p99": 2 * ttft}, "tpot": {"p50": 5.0},
+                                       "itl": {"p50": 4.0, "p99": 9.0}}}}
+
+
+def test_figures_and_tokens_per_chunk():
+    f = compare.figures(summary(1000, 20), [rec(100, 100), rec(100, 20), rec(50, 5, ok=False)])
+    assert f["tok_s"] == 1000 and f["ttft_p50"] == 20 and f["ttft_p99"] == 40 and f["itl_p50"] == 4.0
+    assert f["tok_per_chunk"] == 200 / 120  # failed requests left out
+
+
+def test_medians_and_ratios_to_bare_vllm():
+    def entry(tok_s, ttft):
+        return {"levels": {"8": {"figures": compare.figures(summary(tok_s, ttft), [rec(10, 10)])}}}
+
+    rounds = [{"vllm": entry(1000, 20), "qwen-serve": entry(960, 25)},
+              {"vllm": entry(1100, 22), "qwen-serve": entry(1000, 24)},
+              {"vllm": entry(900, 18), "qwen-serve": entry(990, 30)}]
+    med = compare.median_rounds(rounds)
+    assert med["vllm"]["8"]["tok_s"] == 1000 and med["qwen-serve"]["8"]["tok_s"] == 990
+    rat = compare.ratios(med)
+    assert "vllm" not in rat
+    assert abs(rat["qwen-serve"]["8"]["tok_s"] - 0.99) < 1e-9
+    assert rat["qwen-serve"]["8"]["ttft_p50_delta_ms"] == 25 - 20
+    table = compare.format_table(med, rat, ["vllm", "qwen-serve"], ["8"])
+    assert "0.99x" in table and "+5ms" in table and table.count("\n") == 4
+
+
+def test_vllm_cli_args():
+    args = bench_serving.vllm_cli_args({"max_model_len": 2048, "enforce_eager": True, "enable_prefix_caching": False,
+                                        "override_generation_config": {"a": 1}})
+    assert args == ["--max-model-len", "2048", "--enforce-eager", "--no-enable-prefix-caching",
+                    "--override-generation-config", '{"a": 1}']
+
+
+def test_generated_qwen_serve_config_is_valid_and_one_hybrid_pool():
+    spec = bench_serving.Spec(model="tiny-qwen3-dense", source="/models/tiny", engine_kwargs={"max_num_seqs": 64})
+    doc = bench_serving.qwen_serve_config(spec, 18000, 18080)
+    cfg = parse_config(doc)
+    assert list(cfg.pools) == ["hybrid"] and cfg.router.mode_pools() == {"thinking": "hybrid", "fast": "hybrid"}
+    assert cfg.security.auth_configured and cfg.metrics.enabled
+    assert cfg.pools["hybrid"].max_ongoing_requests == 64
+
+
+def test_spec_from_args_parses_engine_args():
+    ns = argparse.Namespace(model="tiny-qwen3-dense", accelerator="gpu", tensor_parallel_size=2, max_model_len=4096,
+                            max_num_seqs=32, enforce_eager=None, engine_arg=["gpu_memory_utilization=0.8", "kv_cache_dtype=fp8"],
+                            kvcache_gib=1, startup_timeout=60)
+    spec = bench_serving.Spec.from_args(ns)
+    assert spec.engine_kwargs["enforce_eager"] is False  # GPUs compile by default
+    assert spec.engine_kwargs["gpu_memory_utilization"] == 0.8 and spec.engine_kwargs["kv_cache_dtype"] == "fp8"
+    assert "VLLM_CPU_KVCACHE_SPACE" not in spec.engine_env()
+
+
+def test_router_bench_helpers():
+    assert len(bench_router.long_prompt(8192)) > 8192 * 4
+    frames = bench_router.sse_frames(3)
+    assert frames[0].startswith("data: {") and frames[-1] == "data: [DONE]\n\n" and len(frames) == 6
+    p = bench_router._percentiles([1000, 2000, 3000])
+    assert p["p50_us"] == 2.0 and p["n"] == 3
