@@ -186,8 +186,43 @@ def stop(proc: subprocess.Popen, grace_s: float = 90.0) -> None:
         proc.wait(timeout=30)
 
 
+def parse_variant(text: str) -> "tuple[str, Dict[str, Any]]":
+    """`NAME:a.b=JSON,c=JSON` -> (NAME, {"a.b": value, ...}): a qwen-serve run with those
+    config fields set (dotted paths into the generated config; `env.X` sets an environment
+    variable of `qwen-serve up`)."""
+    name, _, rest = text.partition(":")
+    overrides: Dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"variant {name!r}: {item!r} is not key=value")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value
+    if not name or name in ("vllm", "rayllm", "qwen-serve"):
+        raise ValueError(f"variant name {name!r} must be new")
+    return name, overrides
+
+
+def apply_overrides(doc: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, str]:
+    """Set dotted config paths in `doc` (in place); returns the `env.*` entries."""
+    env: Dict[str, str] = {}
+    for key, value in overrides.items():
+        if key.startswith("env."):
+            env[key[4:]] = str(value)
+            continue
+        *parents, leaf = key.split(".")
+        cur = doc
+        for part in parents:
+            cur = cur.setdefault(part, {})
+        cur[leaf] = value
+    return env
+
+
 @contextlib.contextmanager
-def start(name: str, spec: Spec, log_dir: Path) -> Iterator[Running]:
+def start(name: str, spec: Spec, log_dir: Path, overrides: Optional[Dict[str, Any]] = None) -> Iterator[Running]:
+    """Start server `name` (or a qwen-serve variant when `overrides` is given)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     port = free_port()
@@ -204,9 +239,11 @@ def start(name: str, spec: Spec, log_dir: Path) -> Iterator[Running]:
                                          "engine_kwargs": spec.engine_kwargs, "engine_env": spec.engine_env()}))
         cmd = [sys.executable, "-m", "loadtest.bench_serving", "rayllm", str(spec_path), str(port)]
         model, key = MODEL_NAME, None
-    elif name == "qwen-serve":
+    elif name == "qwen-serve" or overrides is not None:
         cfg_path = Path(tmp.name) / "config.yaml"
-        cfg_path.write_text(yaml.safe_dump(qwen_serve_config(spec, port, free_port())))
+        doc = qwen_serve_config(spec, port, free_port())
+        env.update(apply_overrides(doc, overrides or {}))
+        cfg_path.write_text(yaml.safe_dump(doc))
         env["QWEN_SERVE_BENCH_KEYS"] = f"bench:{API_KEY}"
         cmd, model, key = [sys.executable, "-m", "server.cli", "up", str(cfg_path)], "qwen3", API_KEY
     else:
@@ -215,7 +252,7 @@ def start(name: str, spec: Spec, log_dir: Path) -> Iterator[Running]:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 cwd=Path(__file__).resolve().parents[1])
     try:
-        if name == "qwen-serve":
+        if name == "qwen-serve" or overrides is not None:
             _wait_line(READY_LINE, proc, log_path, spec.startup_timeout_s)
         headers = {"Authorization": f"Bearer {key}"} if key else None
         _wait_http(f"{base}/v1/models", proc, log_path, spec.startup_timeout_s, headers)

@@ -109,7 +109,10 @@ def warm_up(server: servers.Running, args: argparse.Namespace) -> None:
 def bench_server(name: str, args: argparse.Namespace, spec: servers.Spec, log_dir: Path) -> Dict[str, Any]:
     started = time.monotonic()
     entry: Dict[str, Any] = {"levels": {}}
-    with servers.start(name, spec, log_dir) as server:
+    overrides = args.variants.get(name)
+    if overrides is not None:
+        entry["overrides"] = overrides
+    with servers.start(name, spec, log_dir, overrides) as server:
         entry["ready_s"] = time.monotonic() - started
         _say(f"[{name}] ready in {entry['ready_s']:.0f}s at {server.base_url}")
         warm_up(server, args)
@@ -199,7 +202,13 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=JSON",
                    help="another engine argument for all three servers, e.g. gpu_memory_utilization=0.9")
     p.add_argument("--kvcache-gib", type=int, default=1, help="CPU only: VLLM_CPU_KVCACHE_SPACE")
-    p.add_argument("--servers", default=",".join(SERVERS), help=f"subset of {','.join(SERVERS)}, in order")
+    p.add_argument("--servers", default=",".join(SERVERS),
+                   help=f"in order: {', '.join(SERVERS)} and variant names (default: all three)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=JSON,...",
+                   help="a qwen-serve run with config fields changed, e.g. "
+                   "'sep:server.router_placement=separate,server.direct_ingress=false' "
+                   "(dotted paths into the generated config; env.X=V sets an environment variable); "
+                   "list NAME in --servers")
     p.add_argument("--concurrency", default="1,8,32", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--requests", type=int, help="measured requests per level (default: max(40, 10 x concurrency))")
     p.add_argument("--input-tokens", default="64:512")
@@ -217,8 +226,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    args.variants = dict(servers.parse_variant(v) for v in args.variant)
     order = [s for s in args.servers.split(",") if s]
-    unknown = set(order) - set(SERVERS)
+    unknown = set(order) - set(SERVERS) - set(args.variants)
     if unknown:
         raise SystemExit(f"unknown server(s) {sorted(unknown)}; known: {', '.join(SERVERS)}")
     out = Path(args.out)

@@ -77,3 +77,13 @@ def test_router_bench_helpers():
     assert frames[0].startswith("data: {") and frames[-1] == "data: [DONE]\n\n" and len(frames) == 6
     p = bench_router._percentiles([1000, 2000, 3000])
     assert p["p50_us"] == 2.0 and p["n"] == 3
+
+
+def test_variants_set_config_paths_and_env():
+    name, overrides = bench_serving.parse_variant("sep:server.router_placement=separate,server.direct_ingress=false,env.X=1")
+    assert name == "sep" and overrides == {"server.router_placement": "separate", "server.direct_ingress": False, "env.X": 1}
+    spec = bench_serving.Spec(model="tiny-qwen3-dense", source="/models/tiny")
+    doc = bench_serving.qwen_serve_config(spec, 18000, 18080)
+    env = bench_serving.apply_overrides(doc, overrides)
+    assert env == {"X": "1"} and doc["server"]["router_placement"] == "separate"
+    assert parse_config(doc).router_pool is None
