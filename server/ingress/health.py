@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from server.config import AppConfig
 from server.ingress.backend import PoolBackend
@@ -41,6 +41,7 @@ class HealthChecker:
         self._cached: Dict[str, Any] = {}
         self._cached_at = 0.0
         self._lock = asyncio.Lock()
+        self._refreshing: Optional[asyncio.Future] = None
 
     async def _check(self, pool: str) -> tuple:
         try:
@@ -56,14 +57,23 @@ class HealthChecker:
             if time.monotonic() - self._cached_at < CACHE_S and self._cached:
                 return self._cached
             names = list(self.config.pools)
-            results = await asyncio.gather(*(self._check(n) for n in names))
+            before = self.tracker.snapshot()
+            # A health check goes through the pool's handle like a request: when every slot
+            # is taken it waits in Serve's queue behind them and times out, although the
+            # engine is serving. A pool that busy is not checked; its requests show it lives.
+            busy = {n for n in names if before[n].in_flight >= before[n].slots}
+            results = await asyncio.gather(*(self._check(n) for n in names if n not in busy))
+            checked = dict(zip([n for n in names if n not in busy], results))
             snapshot = self.tracker.snapshot()
             pools = {}
-            for name, (answered, error) in zip(names, results):
+            for name in names:
+                answered, error = checked.get(name, (True, ""))
                 load = snapshot[name]
                 self.tracker.set_healthy(name, answered)
                 entry = classify(answered, error, load.in_flight, load.slots, load.queue_limit,
                                  load.recent_ttft_s, self.config.metrics.ttft_slo_s)
+                if name in busy and entry["status"] == "healthy":
+                    entry["reason"] = f"all {load.slots} engine slots in use; within SLO"
                 self.metrics.set_pool_status(name, entry["status"])
                 entry.update(in_flight=load.in_flight, slots=load.slots, queue_limit=load.queue_limit,
                              recent_ttft_s=load.recent_ttft_s)
@@ -73,3 +83,14 @@ class HealthChecker:
             self._cached = {"status": overall, "pools": pools}
             self._cached_at = time.monotonic()
             return self._cached
+
+    async def refresh(self, wait_s: float) -> None:
+        """Refresh the health gauges for a scrape, waiting at most `wait_s`: a slow check
+        finishes in the background and the next scrape shows it."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self.report())
+            self._refreshing.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._refreshing), wait_s)
+        except Exception:  # noqa: BLE001 - a scrape never fails on a health check
+            pass

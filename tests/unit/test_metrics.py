@@ -204,6 +204,8 @@ class FakeBackend:
         self.gate: Optional[asyncio.Event] = None
         self.fail_with: Optional[BaseException] = None
         self.engine_error: Optional[int] = None
+        self.check_delay = {"fast": 0.0, "thinking": 0.0}
+        self.checked: List[str] = []
 
     def call(self, kind: str, pool: str, request: Any) -> FakeStream:
         if self.fail_with is not None:
@@ -220,6 +222,9 @@ class FakeBackend:
         return FakeStream(frames, gate=self.gate)
 
     async def check(self, pool: str, timeout_s: float) -> None:
+        self.checked.append(pool)
+        if self.check_delay[pool]:
+            await asyncio.wait_for(asyncio.sleep(self.check_delay[pool]), timeout_s)
         if not self.healthy[pool]:
             raise ConnectionError("replica died")
 
@@ -444,3 +449,55 @@ def test_label_values_stay_bounded_under_hostile_input(monkeypatch):
                     assert value in allowed[key], (s.name, key, value)
                 seen += 1
     assert seen > 50
+
+
+def test_a_busy_pool_is_not_health_checked_behind_its_own_requests(monkeypatch):
+    # Every slot taken: a check would wait in Serve's queue behind the requests (on the
+    # real stack it timed out and called a serving pool unhealthy).
+    app, backend, m = make_app(monkeypatch)
+
+    async def run():
+        backend.gate = asyncio.Event()
+        backend.check_delay["thinking"] = 30  # would time out if it were awaited
+        async with _client(app) as c:
+            held = [asyncio.create_task(c.post("/v1/chat/completions", json=_chat("qwen3-thinking", stream=True))) for _ in range(2)]
+            for _ in range(200):
+                await asyncio.sleep(0.01)
+                if sample(m, "qwen_serve_in_flight_requests", pool="thinking") == 2:
+                    break
+            backend.checked.clear()
+            t0 = asyncio.get_running_loop().time()
+            verbose = (await c.get("/health", params={"verbose": 1})).json()
+            took = asyncio.get_running_loop().time() - t0
+            checked = list(backend.checked)
+            backend.gate.set()
+            await asyncio.gather(*held)
+        return verbose, took, checked
+
+    verbose, took, checked = asyncio.run(run())
+    assert checked == ["fast"] and took < 2
+    thinking = verbose["pools"]["thinking"]
+    assert thinking["status"] == "healthy" and thinking["reason"] == "all 2 engine slots in use; within SLO"
+    assert thinking["in_flight"] == 2 and verbose["status"] == "healthy"
+
+
+def test_a_scrape_does_not_wait_for_a_slow_health_check(monkeypatch):
+    app, backend, m = make_app(monkeypatch)
+
+    async def run():
+        backend.check_delay["fast"] = 2.0
+        backend.healthy["fast"] = False
+        loop = asyncio.get_running_loop()
+        async with _client(app, key="") as c:
+            t0 = loop.time()
+            first = (await c.get("/metrics")).text
+            took = loop.time() - t0
+            await asyncio.sleep(1.5)  # the check finishes in the background
+            second = (await c.get("/metrics")).text
+        return took, first, second
+
+    took, first, second = asyncio.run(run())
+    assert took < 1.8
+    assert 'qwen_serve_pool_status{pool="fast",status="unhealthy"} 1.0' not in first
+    assert 'qwen_serve_pool_status{pool="fast",status="unhealthy"} 1.0' in second
+    assert 'qwen_serve_pool_healthy{pool="fast"} 0.0' in second
