@@ -501,3 +501,17 @@ def test_a_scrape_does_not_wait_for_a_slow_health_check(monkeypatch):
     assert 'qwen_serve_pool_status{pool="fast",status="unhealthy"} 1.0' not in first
     assert 'qwen_serve_pool_status{pool="fast",status="unhealthy"} 1.0' in second
     assert 'qwen_serve_pool_healthy{pool="fast"} 0.0' in second
+
+
+def test_classify_pool_health():
+    from server.ingress.health import classify
+
+    assert classify(True, "", 0, 8, 8, None, 2.0) == {"status": "healthy", "reason": "engine answers; within SLO"}
+    assert classify(True, "", 0, 8, 8, 1.9, 2.0)["status"] == "healthy"
+    slow = classify(True, "", 1, 8, 8, 3.5, 2.0)
+    assert slow == {"status": "degraded", "reason": "recent TTFT 3.500s over SLO 2.000s"}
+    assert classify(True, "", 14, 8, 8, None, 2.0)["status"] == "healthy"  # 14 < 0.9 * 16
+    full = classify(True, "", 15, 8, 8, 2.5, 2.0)
+    assert full["status"] == "degraded" and full["reason"] == "recent TTFT 2.500s over SLO 2.000s; 15 requests in flight of 16 allowed"
+    dead = classify(False, "timed out after 5s", 15, 8, 8, 9.0, 2.0)
+    assert dead == {"status": "unhealthy", "reason": "no replica answered the health check (timed out after 5s)"}
