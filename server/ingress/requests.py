@@ -67,6 +67,12 @@ def validate(kind: str, body: Dict[str, Any]) -> Any:
         raise validation_error(err.errors()) from None
     except ValueError as err:  # vLLM's model validators raise plain ValueErrors
         raise APIError(400, str(err), code="invalid_value") from None
+    except Exception as err:  # noqa: BLE001 - vLLM's VLLMValidationError is no ValueError: it escaped as a 500
+        if not any(c.__name__ == "VLLMClientError" for c in type(err).__mro__):
+            raise
+        # Its message without str()'s "value=..." suffix, which echoes the client's input.
+        message = str(err.args[0]) if err.args else "invalid request"
+        raise APIError(400, message, param=getattr(err, "parameter", None), code="invalid_value") from None
     if kind == "chat":
         _materialise_messages(request)
     return request
