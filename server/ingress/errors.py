@@ -68,6 +68,10 @@ class APIError(Exception):
         return Response(orjson.dumps(self.body()), status_code=self.status, media_type="application/json", headers=headers)
 
 
+# Exceptions that mean the client disconnected (Starlette's, and Ray Serve's request cancellation).
+CLIENT_GONE = frozenset({"ClientDisconnect", "TaskCancelledError", "RequestCancelledError"})
+
+
 def error_chunk(err: APIError) -> bytes:
     """The SSE frame that ends a stream which failed after its headers were sent."""
     return b"data: " + orjson.dumps(err.body()) + b"\n\ndata: [DONE]\n\n"
@@ -125,5 +129,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> Response:
+        if type(exc).__name__ in CLIENT_GONE:
+            # The client went away (Starlette, or Ray Serve cancelling the request): not a
+            # server fault, so no ERROR traceback per disconnect; nobody reads the reply.
+            logger.debug("client disconnected: %s", type(exc).__name__)
+            return APIError(499, "Client closed the request", reason="client_closed").response()
         logger.exception("unhandled error in ingress: %s", type(exc).__name__)
         return APIError(500, "Internal server error", reason="server_error").response()
