@@ -41,7 +41,7 @@ HARD = ("Prove step by step that the sum of two even integers is even, then solv
 def prom(stack, tmp_path_factory) -> Prometheus:
     router = stack.url.removeprefix("http://")
     with run_prometheus({ROUTER: f"{router}/metrics", RAY: f"127.0.0.1:{stack.metrics_port}"},
-                        tmp_path_factory.mktemp("prometheus"), interval="1s") as p:
+                        tmp_path_factory.mktemp("prometheus"), interval="1s", rule_files=[str(ALERTS)]) as p:
         p.wait_up([ROUTER, RAY], timeout_s=60)
         yield p
 
@@ -429,7 +429,13 @@ def _dashboard_exprs() -> List[Tuple[str, str]]:
     return out
 
 
-def test_dashboard_and_alert_queries_run_on_live_data(prom):
+def test_dashboard_and_alert_queries_run_on_live_data(stack, prom, pools):
+    # Engine gauges exist only while engines report: make sure each has, recently.
+    with httpx.Client(base_url=stack.url, headers=stack.headers(), timeout=120) as http:
+        for pool in pools:
+            assert http.post("/v1/completions", json={"model": pool, "prompt": "hi", "max_tokens": 2}).status_code == 200
+    for pool in pools:
+        prom.wait_for(f'max_over_time(ray_vllm_kv_cache_usage_perc{{model_name="{pool}"}}[5m])', 30)
     names = set(prom.metric_names())
     event_only = {n for n, note in engine_metrics().items() if note.startswith("event")}
     alerts = [(r["alert"], r["expr"]) for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
@@ -445,7 +451,13 @@ def test_dashboard_and_alert_queries_run_on_live_data(prom):
                  'histogram_quantile(0.99, sum by (le, mode) (rate(qwen_serve_time_to_first_token_seconds_bucket[5m])))',
                  'max by (model_name, ReplicaId) (max_over_time(ray_vllm_kv_cache_usage_perc[5m]))'):
         assert prom.query(expr), expr
-    # No alert fires on a healthy idle stack (rules evaluated ad hoc; `for:` ignored).
+    # The alert rules, loaded into this Prometheus, evaluate without errors.
+    groups = prom.api("rules")["groups"]
+    rules = [r for g in groups for r in g["rules"]]
+    assert {r["name"] for r in rules} == {name for name, _ in alerts}
+    assert all(r["health"] == "ok" and not r.get("lastError") for r in rules), [(r["name"], r.get("lastError")) for r in rules]
+    assert not [r["name"] for r in rules if r["state"] == "firing"]
+    # No alert condition holds on a healthy idle stack (evaluated ad hoc; `for:` ignored).
     firing = {name: prom.query(expr) for name, expr in alerts
               if name not in ("QwenServeTTFTSLOBreach", "QwenServeSustainedDowngrades")}
     assert not any(firing.values()), firing
