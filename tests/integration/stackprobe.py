@@ -1,0 +1,267 @@
+"""Helpers for the reliability and security tests: metric scrapes, outcome accounting,
+process-tree resources and Ray's session logs of the shared stack. No pytest fixtures here.
+
+Every loop is bounded in count and time; all traffic goes to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import glob
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+# The names vLLM's engine metrics get on Ray's metrics port (Ray Serve LLM records them
+# through Ray's metrics agent: `vllm:num_requests_running` becomes this).
+ENGINE_RUNNING = "ray_vllm_num_requests_running"
+ENGINE_WAITING = "ray_vllm_num_requests_waiting"
+ENGINE_KV_USAGE = "ray_vllm_kv_cache_usage_perc"
+
+
+def samples(text: str) -> List[Tuple[str, Dict[str, str], float]]:
+    out = []
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.append((s.name, dict(s.labels), s.value))
+    return out
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    return sum(v for n, lab, v in samples(text) if n == name and all(lab.get(k) == w for k, w in labels.items()))
+
+
+def router_metrics(url: str) -> str:
+    return httpx.get(f"{url}/metrics", timeout=30).text
+
+
+def ray_metrics(port: int) -> str:
+    return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+
+
+def request_counts(url: str) -> Dict[str, float]:
+    """qwen_serve_requests_total by status, summed over pools and modes."""
+    counts: Dict[str, float] = collections.Counter()
+    for n, lab, v in samples(router_metrics(url)):
+        if n == "qwen_serve_requests_total":
+            counts[lab["status"]] += v
+    return dict(counts)
+
+
+def delta(after: Dict[str, float], before: Dict[str, float]) -> Dict[str, int]:
+    keys = set(after) | set(before)
+    return {k: int(round(after.get(k, 0) - before.get(k, 0))) for k in sorted(keys) if after.get(k, 0) != before.get(k, 0)}
+
+
+def engine_value(port: int, name: str, pool: Optional[str] = None) -> Optional[float]:
+    """A vLLM engine metric summed over replicas, or None when this scrape lacks it
+    (Ray's exporter leaves gauges out of some scrapes between reports)."""
+    found = [v for n, lab, v in samples(ray_metrics(port))
+             if n == name and (pool is None or lab.get("model_name") == pool)]
+    return sum(found) if found else None
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float, interval_s: float = 1.0) -> Tuple[bool, float]:
+    """Poll `check` until true or the deadline; returns (ok, seconds waited)."""
+    started = time.monotonic()
+    while True:
+        try:
+            if check():
+                return True, time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() - started > timeout_s:
+            return False, time.monotonic() - started
+        time.sleep(interval_s)
+
+
+def wait_ready(url: str, timeout_s: float = 300) -> float:
+    ok, waited = wait_for(lambda: httpx.get(f"{url}/ready", timeout=20).status_code == 200, timeout_s, 2.0)
+    assert ok, f"stack not ready after {timeout_s:.0f}s"
+    return waited
+
+
+def router_in_flight(url: str) -> Dict[str, float]:
+    report = httpx.get(f"{url}/health?verbose=1", timeout=30).json()
+    return {name: p["in_flight"] for name, p in report["pools"].items()}
+
+
+# --- outcomes -----------------------------------------------------------------------
+
+CLEAN_ERROR_STATUSES = {400, 408, 413, 429, 499, 500, 502, 503, 504}
+
+
+@dataclass
+class Outcome:
+    kind: str  # "ok" | "error" (a clean HTTP/SSE error) | "lost" (hang or drop without error) | "cancelled"
+    status: int = 0
+    detail: str = ""
+    retry_after: Optional[str] = None
+    seconds: float = 0.0
+
+
+@dataclass
+class Tally:
+    sent: int = 0
+    outcomes: List[Outcome] = field(default_factory=list)
+
+    def add(self, o: Outcome) -> None:
+        self.outcomes.append(o)
+
+    def count(self, kind: str) -> int:
+        return sum(1 for o in self.outcomes if o.kind == kind)
+
+    def statuses(self) -> Dict[str, int]:
+        return dict(collections.Counter(f"{o.kind}:{o.status}" for o in self.outcomes))
+
+    def summary(self) -> str:
+        return (f"sent={self.sent} ok={self.count('ok')} clean_errors={self.count('error')} "
+                f"cancelled={self.count('cancelled')} lost={self.count('lost')} by_status={self.statuses()}")
+
+
+def _error_in_sse(text: str) -> bool:
+    return '"error":' in text and '"message"' in text
+
+
+async def one_request(client: httpx.AsyncClient, body: Dict[str, Any], headers: Dict[str, str],
+                      timeout_s: float, cancel_after_chunks: Optional[int] = None,
+                      path: str = "/v1/chat/completions") -> Outcome:
+    """Send one request and classify its outcome.
+
+    ok: 200 and a complete answer (stream ended in [DONE] without an error frame).
+    error: an HTTP error in the OpenAI shape, or an SSE error frame followed by [DONE].
+    cancelled: we disconnected on purpose after `cancel_after_chunks` chunks.
+    lost: no answer in `timeout_s`, or the connection dropped without an error.
+    """
+    started = time.monotonic()
+    stream = bool(body.get("stream"))
+
+    async def run() -> Outcome:
+        async with client.stream("POST", path, json=body, headers=headers) as r:
+            ra = r.headers.get("retry-after")
+            if r.status_code != 200:
+                raw = await r.aread()
+                try:
+                    err = httpx.Response(r.status_code, content=raw).json()["error"]
+                    shaped = {"message", "type", "param", "code"} <= set(err)
+                except Exception:  # noqa: BLE001
+                    shaped = False
+                kind = "error" if shaped else "lost"
+                return Outcome(kind, r.status_code, raw[:200].decode(errors="replace"), ra)
+            if not stream:
+                raw = await r.aread()
+                data = httpx.Response(200, content=raw).json()
+                return Outcome("ok" if data.get("choices") else "lost", 200, "", ra)
+            text = ""
+            chunks = 0
+            async for part in r.aiter_text():
+                text += part
+                chunks += 1
+                if cancel_after_chunks is not None and chunks >= cancel_after_chunks:
+                    return Outcome("cancelled", 200)
+            if not text.rstrip().endswith("data: [DONE]"):
+                return Outcome("lost", 200, "stream ended without [DONE]: " + text[-200:])
+            if _error_in_sse(text):
+                return Outcome("error", 200, "sse error frame: " + text[-300:])
+            return Outcome("ok", 200)
+
+    try:
+        out = await asyncio.wait_for(run(), timeout_s)
+    except asyncio.TimeoutError:
+        out = Outcome("lost", 0, f"no answer in {timeout_s:g}s")
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as err:
+        out = Outcome("lost", 0, f"connection dropped: {type(err).__name__}")
+    except httpx.ConnectError as err:
+        # Refused before anything was sent: the request was never accepted.
+        out = Outcome("error", 0, f"connect refused: {type(err).__name__}")
+    out.seconds = time.monotonic() - started
+    return out
+
+
+# --- process tree -------------------------------------------------------------------
+
+def tree(pid: int) -> List[Any]:
+    import psutil
+
+    root = psutil.Process(pid)
+    return [root] + root.children(recursive=True)
+
+
+def tree_resources(pid: int) -> Dict[str, float]:
+    """RSS (bytes), open file descriptors and process count of the stack's process tree."""
+    import psutil
+
+    rss = fds = n = 0
+    for p in tree(pid):
+        try:
+            rss += p.memory_info().rss
+            fds += p.num_fds()
+            n += 1
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return {"rss": float(rss), "fds": float(fds), "procs": float(n)}
+
+
+def find_processes(pid: int, needle: str) -> List[Any]:
+    import psutil
+
+    found = []
+    for p in tree(pid):
+        try:
+            title = " ".join(p.cmdline()) or p.name()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if needle in title:
+            found.append(p)
+    return found
+
+
+# --- Ray session logs -----------------------------------------------------------------
+
+def ray_session_dirs() -> List[str]:
+    roots = {os.environ.get("RAY_TMPDIR") or "/tmp", "/tmp"}
+    dirs = []
+    for root in roots:
+        dirs += glob.glob(os.path.join(root, "ray", "session_*", "logs"))
+    return sorted(set(d for d in dirs if not os.path.islink(os.path.dirname(d))))
+
+
+def log_files_since(since: float, max_files: int = 2000) -> Iterable[str]:
+    n = 0
+    for d in ray_session_dirs():
+        for dirpath, _, files in os.walk(d):
+            for name in files:
+                path = os.path.join(dirpath, name)
+                try:
+                    if os.path.getmtime(path) >= since:
+                        n += 1
+                        if n > max_files:
+                            return
+                        yield path
+                except OSError:
+                    continue
+
+
+def grep_files(paths: Iterable[str], needles: List[str], max_bytes: int = 200 * 1024 * 1024) -> Dict[str, List[str]]:
+    """{needle: [paths containing it]}, reading at most `max_bytes` in all."""
+    hits: Dict[str, List[str]] = {n: [] for n in needles}
+    budget = max_bytes
+    encoded = [(n, n.encode()) for n in needles]
+    for path in paths:
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(max(0, budget))
+        except OSError:
+            continue
+        budget -= len(data)
+        for n, b in encoded:
+            if b in data:
+                hits[n].append(path)
+        if budget <= 0:
+            break
+    return hits
