@@ -92,6 +92,15 @@ def _usage_from_frame(frame: str) -> Optional[Dict[str, Any]]:
     return body.get("usage")
 
 
+def _is_vllm_client_error(exc: BaseException) -> bool:
+    return any(c.__name__ == "VLLMClientError" for c in type(exc).__mro__)
+
+
+def _request_fault(cause: BaseException) -> bool:
+    """An exception raised by the engine replica because of the request's content."""
+    return _is_vllm_client_error(cause) or isinstance(cause, (ValueError, TypeError, KeyError, IndexError, OverflowError))
+
+
 class Forwarder:
     def __init__(
         self,
@@ -180,6 +189,12 @@ class Forwarder:
             return APIError(503, "Pool queue is full; retry later", code="queue_full", headers={"Retry-After": "1"}, reason="queue_full")
         if isinstance(exc, StopAsyncIteration):
             return APIError(502, "Engine closed the stream without a response", reason="engine_error")
+        cause = getattr(exc, "cause", None) if name.startswith("RayTaskError") else None
+        if cause is not None and _request_fault(cause):
+            # The replica is alive; the engine refused this request's content (a sampling
+            # value out of range, a malformed message...). Retrying cannot help: 400, not 503.
+            detail = str(cause.args[0]) if _is_vllm_client_error(cause) and cause.args else type(cause).__name__
+            return APIError(400, f"The engine rejected the request: {detail}", code="invalid_value", reason="bad_request")
         logger.warning("engine call failed: %s", name)
         return APIError(503, f"Engine unavailable ({name}); retry later", code="engine_unavailable", headers={"Retry-After": "1"}, reason="engine_error")
 

@@ -164,3 +164,33 @@ def test_usage_chunk_is_stripped_when_the_client_did_not_ask():
     text = asyncio.run(run())
     assert '"usage"' not in text and text.endswith("data: [DONE]\n\n")
     assert metrics.completion_tokens.labels("fast", "fast")._value.get() == 1  # still counted
+
+
+def _ray_task_error(cause):
+    """Shaped like Ray's RayTaskError(<cause>): the replica raised `cause` for this request."""
+    err = type(f"RayTaskError({type(cause).__name__})", (Exception,), {})("replica raised")
+    err.cause = cause
+    return err
+
+
+class VLLMClientError(Exception):
+    pass
+
+
+class VLLMValidationError(VLLMClientError):
+    pass
+
+
+@pytest.mark.parametrize("cause,status,fragment", [
+    (KeyError("content"), 400, "KeyError"),
+    (ValueError("secret prompt text"), 400, "ValueError"),
+    (VLLMValidationError("min_p must be in [0, 1]"), 400, "min_p must be in [0, 1]"),
+    (RuntimeError("engine dead"), 503, "Engine unavailable"),
+])
+def test_engine_replica_exceptions_caused_by_the_request_are_400(cause, status, fragment):
+    fwd, backend, tracker, metrics = _setup([_ray_task_error(cause)])
+    with pytest.raises(APIError) as err:
+        asyncio.run(fwd.forward(_info(), object()))
+    assert err.value.status == status and fragment in err.value.message
+    assert "secret prompt text" not in err.value.message
+    assert tracker.in_flight("fast") == 0 and _count(metrics, status) == 1
