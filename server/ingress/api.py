@@ -24,6 +24,7 @@ from server.ingress.forward import CallInfo, Forwarder
 from server.ingress.health import HealthChecker
 from server.ingress.limits import KeyLimiter
 from server.ingress.openapi import install_openapi
+from server.ingress.prompt_tokens import PromptCounter
 from server.metrics import CONTENT_TYPE, ServeMetrics
 from server.routing.decide import Decision, UnknownModel, decide
 from server.routing.load import LoadTracker, PoolLimits
@@ -59,6 +60,7 @@ class Ingress:
         self.health = HealthChecker(config, backend, tracker, metrics)
         self.auth = Authenticator.from_config(config.security)
         self.limiter = KeyLimiter(config.security.key_limits, config.security.per_key_limits)
+        self.prompt_counter = PromptCounter(config.pools) if config.limits.max_prompt_tokens else None
         self.hybrid = {name: p.supports_thinking for name, p in config.pools.items()}
 
     def route(self, kind: str, body: Dict[str, Any]) -> Decision:
@@ -106,6 +108,8 @@ class Ingress:
                 )
             rewritten, strip_usage = req.apply_decision(kind, body, decision, self.hybrid.get(decision.pool, False))
             engine_request = req.validate(kind, rewritten)
+            if self.prompt_counter is not None:
+                await self.prompt_counter.check(kind, decision.pool, rewritten, self.config.limits.max_prompt_tokens)
             engine_request.request_id = request_id
             release = await self.limiter.acquire(key_id, engine_request, headers)
         except APIError as err:
