@@ -1,0 +1,33 @@
+"""Destructive faults, run last (file name): SIGKILL an engine replica, then only its
+vLLM engine core, each while it serves load. Every request sent ends in a 200 or a clean
+error (none lost); Serve replaces the replica; requests after the restart succeed; the
+stack is ready again at the end.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from loadtest.reliability_client import wait_ready
+from loadtest.reliability_faults import kill_replica_under_load
+
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
+
+
+@pytest.mark.parametrize("target", ["engine_core", "replica"])
+def test_kill_under_load_loses_nothing_and_recovers(stack, target):
+    assert wait_ready(stack.url, 300) is not None, "stack not ready before the fault"
+    r = kill_replica_under_load(stack.url, stack.headers(), stack.proc.pid, concurrency=6, load_s=20,
+                                kill_at_s=6, recover_s=300, target=target)
+    print(f"\n[fault:{target}] SIGKILL pid {r['killed_pid']} under load: sent {r['sent']}, ok {r['ok']}, "
+          f"clean errors {r['clean_errors']} (statuses {r['error_statuses']}), lost {r['lost']}; "
+          f"/ready while down {r['ready_codes']}; probes while down {r['probes_while_down']['by_status']}; "
+          f"first success {r['recovered_s'] and round(r['recovered_s'])}s after the kill; "
+          f"after restart {r['after_restart_ok']}/5 ok; ready at end {r['ready_after']}")
+    assert r["lost"] == 0, r["by_status"]
+    assert r["sent"] >= 6
+    assert r["recovered_s"] is not None, "the pool never served again"
+    assert r["after_restart_ok"] == 5
+    assert r["ready_after"]
+    for status in r["error_statuses"]:
+        assert status in (499, 500, 502, 503, 504) or 400 <= status < 500, status
