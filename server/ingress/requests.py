@@ -67,12 +67,13 @@ def validate(kind: str, body: Dict[str, Any]) -> Any:
         raise validation_error(err.errors()) from None
     except ValueError as err:  # vLLM's model validators raise plain ValueErrors
         raise APIError(400, str(err), code="invalid_value") from None
-    except Exception as err:  # noqa: BLE001 - vLLM's VLLMValidationError is no ValueError: it escaped as a 500
-        if not any(c.__name__ == "VLLMClientError" for c in type(err).__mro__):
-            raise
-        # Its message without str()'s "value=..." suffix, which echoes the client's input.
-        message = str(err.args[0]) if err.args else "invalid request"
-        raise APIError(400, message, param=getattr(err, "parameter", None), code="invalid_value") from None
+    except Exception as err:  # noqa: BLE001 - vLLM's validators also raise VLLMValidationError and TypeError (escaped as 500s)
+        if any(c.__name__ == "VLLMClientError" for c in type(err).__mro__):
+            # Its message without str()'s "value=..." suffix, which echoes the client's input.
+            message = str(err.args[0]) if err.args else "invalid request"
+            raise APIError(400, message, param=getattr(err, "parameter", None), code="invalid_value") from None
+        # Only the body was validated: a validator that crashed on it was given a malformed body.
+        raise APIError(400, f"Malformed request body ({type(err).__name__} in validation)", code="invalid_value") from None
     if kind == "chat":
         _materialise_messages(request)
     return request
@@ -120,7 +121,8 @@ def apply_decision(kind: str, body: Dict[str, Any], decision: Decision, hybrid: 
     """Rewrite the body for the chosen pool and mode. Returns (body, strip_usage)."""
     body = dict(body)
     body["model"] = decision.pool
-    if kind == "chat" and hybrid:
+    # Fields of the wrong type are left alone here: validate() refuses them with a 400.
+    if kind == "chat" and hybrid and isinstance(body.get("chat_template_kwargs") or {}, dict):
         ctk = dict(body.get("chat_template_kwargs") or {})
         ctk["enable_thinking"] = decision.mode == "thinking"
         body["chat_template_kwargs"] = ctk
@@ -129,7 +131,7 @@ def apply_decision(kind: str, body: Dict[str, Any], decision: Decision, hybrid: 
     elif decision.mode == "fast":
         body.pop("thinking_token_budget", None)
     strip_usage = False
-    if body.get("stream"):
+    if body.get("stream") and isinstance(body.get("stream_options") or {}, dict):
         opts = dict(body.get("stream_options") or {})
         if not opts.get("include_usage"):
             strip_usage = True

@@ -153,3 +153,18 @@ def test_signals_ignore_wrong_types():
                              "thinking_token_budget": True})
     assert s.enable_thinking is None and s.reasoning_effort is None and s.thinking_token_budget is None
     assert SimpleNamespace(**vars(s)).last_user_text == "hi"
+
+
+@pytest.mark.parametrize("extra", [
+    {"messages": [{"role": "assistant", "tool_calls": 1.5}]},  # vLLM's validator raises TypeError
+    {"chat_template_kwargs": 2.5},
+    {"chat_template_kwargs": ["x"], "model": "qwen3"},
+    {"stream": True, "stream_options": 7},
+    {"stream": True, "stream_options": "yes"},
+])
+def test_malformed_bodies_found_by_fuzzing_are_400_not_500(make_app, extra):
+    client, backend, _ = make_app()
+    r = client.post("/v1/chat/completions", json={**CHAT, **extra}, headers=bearer())
+    assert r.status_code == 400, r.text
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    assert backend.calls == []
