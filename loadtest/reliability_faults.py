@@ -34,7 +34,7 @@ def engine_core(replica):
 
     for p in replica.children(recursive=True):
         try:
-            if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline()):
+            if "EngineCor" in p.name() or "EngineCore" in " ".join(p.cmdline()):  # comm is cut at 15 chars
                 return p
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue

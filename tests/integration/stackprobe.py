@@ -6,12 +6,10 @@ Every loop is bounded in count and time; all traffic goes to 127.0.0.1.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import glob
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import httpx
@@ -89,98 +87,6 @@ def wait_ready(url: str, timeout_s: float = 300) -> float:
 def router_in_flight(url: str) -> Dict[str, float]:
     report = httpx.get(f"{url}/health?verbose=1", timeout=30).json()
     return {name: p["in_flight"] for name, p in report["pools"].items()}
-
-
-# --- outcomes -----------------------------------------------------------------------
-
-CLEAN_ERROR_STATUSES = {400, 408, 413, 429, 499, 500, 502, 503, 504}
-
-
-@dataclass
-class Outcome:
-    kind: str  # "ok" | "error" (a clean HTTP/SSE error) | "lost" (hang or drop without error) | "cancelled"
-    status: int = 0
-    detail: str = ""
-    retry_after: Optional[str] = None
-    seconds: float = 0.0
-
-
-@dataclass
-class Tally:
-    sent: int = 0
-    outcomes: List[Outcome] = field(default_factory=list)
-
-    def add(self, o: Outcome) -> None:
-        self.outcomes.append(o)
-
-    def count(self, kind: str) -> int:
-        return sum(1 for o in self.outcomes if o.kind == kind)
-
-    def statuses(self) -> Dict[str, int]:
-        return dict(collections.Counter(f"{o.kind}:{o.status}" for o in self.outcomes))
-
-    def summary(self) -> str:
-        return (f"sent={self.sent} ok={self.count('ok')} clean_errors={self.count('error')} "
-                f"cancelled={self.count('cancelled')} lost={self.count('lost')} by_status={self.statuses()}")
-
-
-def _error_in_sse(text: str) -> bool:
-    return '"error":' in text and '"message"' in text
-
-
-async def one_request(client: httpx.AsyncClient, body: Dict[str, Any], headers: Dict[str, str],
-                      timeout_s: float, cancel_after_chunks: Optional[int] = None,
-                      path: str = "/v1/chat/completions") -> Outcome:
-    """Send one request and classify its outcome.
-
-    ok: 200 and a complete answer (stream ended in [DONE] without an error frame).
-    error: an HTTP error in the OpenAI shape, or an SSE error frame followed by [DONE].
-    cancelled: we disconnected on purpose after `cancel_after_chunks` chunks.
-    lost: no answer in `timeout_s`, or the connection dropped without an error.
-    """
-    started = time.monotonic()
-    stream = bool(body.get("stream"))
-
-    async def run() -> Outcome:
-        async with client.stream("POST", path, json=body, headers=headers) as r:
-            ra = r.headers.get("retry-after")
-            if r.status_code != 200:
-                raw = await r.aread()
-                try:
-                    err = httpx.Response(r.status_code, content=raw).json()["error"]
-                    shaped = {"message", "type", "param", "code"} <= set(err)
-                except Exception:  # noqa: BLE001
-                    shaped = False
-                kind = "error" if shaped else "lost"
-                return Outcome(kind, r.status_code, raw[:200].decode(errors="replace"), ra)
-            if not stream:
-                raw = await r.aread()
-                data = httpx.Response(200, content=raw).json()
-                return Outcome("ok" if data.get("choices") else "lost", 200, "", ra)
-            text = ""
-            chunks = 0
-            async for part in r.aiter_text():
-                text += part
-                chunks += 1
-                if cancel_after_chunks is not None and chunks >= cancel_after_chunks:
-                    return Outcome("cancelled", 200)
-            if not text.rstrip().endswith("data: [DONE]"):
-                return Outcome("lost", 200, "stream ended without [DONE]: " + text[-200:])
-            if _error_in_sse(text):
-                return Outcome("error", 200, "sse error frame: " + text[-300:])
-            return Outcome("ok", 200)
-
-    try:
-        out = await asyncio.wait_for(run(), timeout_s)
-    except asyncio.TimeoutError:
-        out = Outcome("lost", 0, f"no answer in {timeout_s:g}s")
-    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as err:
-        out = Outcome("lost", 0, f"connection dropped: {type(err).__name__}")
-    except httpx.ConnectError as err:
-        # Refused before anything was sent: the request was never accepted.
-        out = Outcome("error", 0, f"connect refused: {type(err).__name__}")
-    out.seconds = time.monotonic() - started
-    return out
 
 
 # --- process tree -------------------------------------------------------------------

@@ -12,9 +12,10 @@ import httpx
 import pytest
 
 from stackprobe import (
-    ENGINE_KV_USAGE, ENGINE_RUNNING, Tally, delta, engine_value, metric_sum, one_request, ray_metrics, request_counts, samples,
-    router_in_flight, wait_for,
+    ENGINE_KV_USAGE, ENGINE_RUNNING, delta, engine_value, metric_sum, ray_metrics, request_counts, samples, router_in_flight,
+    wait_for,
 )
+from loadtest.reliability_client import Tally, send
 
 pytestmark = pytest.mark.stack
 
@@ -63,13 +64,8 @@ def test_fifty_concurrent_against_a_small_queue(stack):
             "max_tokens": 32, "ignore_eos": True}
 
     async def run():
-        tally = Tally()
         async with httpx.AsyncClient(base_url=stack.url, timeout=180, limits=httpx.Limits(max_connections=64)) as c:
-            outs = await asyncio.gather(*(one_request(c, body, stack.headers(), 180) for _ in range(50)))
-        tally.sent = 50
-        for o in outs:
-            tally.add(o)
-        return tally
+            return Tally(list(await asyncio.gather(*(send(c, body, stack.headers(), 180) for _ in range(50)))))
 
     t0 = time.monotonic()
     tally = asyncio.run(run())
