@@ -41,6 +41,19 @@ def engine_core(replica):
     return None
 
 
+def engine_cores(pid: int) -> int:
+    """How many vLLM engine-core processes run in the stack's process tree."""
+    import psutil
+
+    n = 0
+    for p in psutil.Process(pid).children(recursive=True):
+        try:
+            n += "EngineCor" in p.name()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return n
+
+
 def kill_replica_under_load(url: str, headers: Dict[str, str], pid: int, concurrency: int = 8,
                             load_s: float = 20, kill_at_s: float = 6, recover_s: float = 300,
                             target: str = "replica", deadline_s: float = 30) -> Dict[str, Any]:
@@ -55,6 +68,7 @@ def kill_replica_under_load(url: str, headers: Dict[str, str], pid: int, concurr
     if victim is None:
         raise RuntimeError(f"no {target} process found under the pool-fast replica")
     killed: Dict[str, Any] = {"target": target}
+    cores_before = engine_cores(pid)
     # Every request carries a deadline well inside the client's patience: a request that
     # waits for the restarted replica must end in a clean 504, never hang.
     bounded = {**headers, "x-request-timeout": f"{deadline_s:g}"}
@@ -106,8 +120,16 @@ def kill_replica_under_load(url: str, headers: Dict[str, str], pid: int, concurr
             r = httpx.post(f"{url}/v1/chat/completions", json=chat("qwen3-fast", "hi", 4), headers=headers, timeout=60)
             after_ok += r.status_code == 200
     ready = wait_ready(url, 120)
+    # The dead replica's engine core must not linger as an orphan (a GB of memory each).
+    cores_after = engine_cores(pid)
+    for _ in range(15):
+        if cores_after <= cores_before:
+            break
+        time.sleep(2)
+        cores_after = engine_cores(pid)
     return {**tally.summary(), "target": target, "killed_pid": killed.get("pid"),
             "probes_while_down": probes.summary(), "ready_codes": dict(ready_codes),
+            "engine_cores_before": cores_before, "engine_cores_after": cores_after,
             "recovered_s": (recovered_at - killed["at"]) if recovered_at and "at" in killed else None,
             "after_restart_ok": after_ok, "ready_after": ready is not None, "wall_s": time.monotonic() - t0,
             "error_statuses": sorted({o.status for o in tally.outcomes if o.kind == "error"})}

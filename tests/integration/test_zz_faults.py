@@ -23,11 +23,13 @@ def test_kill_under_load_loses_nothing_and_recovers(stack, target):
           f"clean errors {r['clean_errors']} (statuses {r['error_statuses']}), lost {r['lost']}; "
           f"/ready while down {r['ready_codes']}; probes while down {r['probes_while_down']['by_status']}; "
           f"first success {r['recovered_s'] and round(r['recovered_s'])}s after the kill; "
-          f"after restart {r['after_restart_ok']}/5 ok; ready at end {r['ready_after']}")
+          f"after restart {r['after_restart_ok']}/5 ok; ready at end {r['ready_after']}; engine-core processes "
+          f"{r['engine_cores_before']} -> {r['engine_cores_after']}")
     assert r["lost"] == 0, r["by_status"]
     assert r["sent"] >= 6
     assert r["recovered_s"] is not None, "the pool never served again"
     assert r["after_restart_ok"] == 5
     assert r["ready_after"]
+    assert r["engine_cores_after"] == r["engine_cores_before"], "an orphaned or missing engine core"
     for status in r["error_statuses"]:
         assert status in (499, 500, 502, 503, 504) or 400 <= status < 500, status
