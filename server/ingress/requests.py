@@ -63,6 +63,9 @@ def check_limits(kind: str, body: Dict[str, Any], limits: LimitsConfig) -> None:
 def validate(kind: str, body: Dict[str, Any]) -> Any:
     try:
         request = MODELS[kind].model_validate(body)
+        if kind == "chat":
+            # Lazy iterables validate their items only here: a bad item is a 400 too.
+            _materialise_messages(request)
     except ValidationError as err:
         raise validation_error(err.errors()) from None
     except ValueError as err:  # vLLM's model validators raise plain ValueErrors
@@ -74,8 +77,6 @@ def validate(kind: str, body: Dict[str, Any]) -> Any:
             raise APIError(400, message, param=getattr(err, "parameter", None), code="invalid_value") from None
         # Only the body was validated: a validator that crashed on it was given a malformed body.
         raise APIError(400, f"Malformed request body ({type(err).__name__} in validation)", code="invalid_value") from None
-    if kind == "chat":
-        _materialise_messages(request)
     return request
 
 

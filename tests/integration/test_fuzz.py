@@ -65,7 +65,7 @@ def test_openapi_fuzz_no_5xx(stack):
         operations.append(f"{op.method.upper()} {op.path}")
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
-            @settings(max_examples=EXAMPLES.get(op.method.upper(), 6), deadline=None, database=None,
+            @settings(max_examples=EXAMPLES.get(op.method.upper(), 6), deadline=None, database=None, derandomize=True,
                       phases=[Phase.generate], suppress_health_check=list(HealthCheck))
             @given(case=op.as_strategy(generation_mode=mode))
             def run(case):

@@ -168,3 +168,10 @@ def test_malformed_bodies_found_by_fuzzing_are_400_not_500(make_app, extra):
     assert r.status_code == 400, r.text
     assert set(r.json()["error"]) == {"message", "type", "param", "code"}
     assert backend.calls == []
+
+
+def test_bad_items_in_lazily_validated_content_are_400():
+    """Message content parts are validated lazily (when listed): still a 400, never a 500."""
+    with pytest.raises(APIError) as err:
+        req.validate("chat", {"model": "m", "messages": [{"role": "user", "content": [[]]}]})
+    assert err.value.status == 400
