@@ -216,7 +216,7 @@ def apply_overrides(doc: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str,
         cur = doc
         for part in parents:
             cur = cur.setdefault(part, {})
-        cur[leaf] = value
+        cur[leaf] = str(value) if parents and parents[-1] == "env" else value  # env values are strings
     return env
 
 

@@ -65,12 +65,14 @@ def _dig(summary: Dict[str, Any], path) -> Optional[float]:
 
 
 def figures(summary: Dict[str, Any], records: List[Any]) -> Dict[str, Optional[float]]:
-    """The compared figures of one load level (plus tokens per streamed chunk: 1.0 = no bursts)."""
+    """The compared figures of one load level, plus tokens per arrival (output tokens per
+    distinct moment text arrived at the client: 1.0 = every token on its own, more =
+    tokens arriving in bursts, as with stream batching or a starved client)."""
     overall = summary["overall"]
     out = {name: _dig(overall, spec[0]) for name, spec in FIGURES.items()}
     ok = [r for r in records if r.phase == "measure" and r.ok]
-    chunks = sum(len(r.chunk_times) for r in ok)
-    out["tok_per_chunk"] = (sum(r.output_tokens or 0 for r in ok) / chunks) if chunks else None
+    arrivals = sum(len(set(r.chunk_times)) for r in ok)
+    out["tok_per_chunk"] = (sum(r.output_tokens or 0 for r in ok) / arrivals) if arrivals else None
     out["failed"] = float(overall["failed"])
     return out
 
@@ -163,7 +165,7 @@ def ratios(med: Dict[str, Dict[str, Dict[str, Optional[float]]]]) -> Dict[str, D
 def format_table(med, rat, order: List[str], levels: List[str]) -> str:
     cols = [("req_s", "req/s", "{:.2f}"), ("tok_s", "out tok/s", "{:.0f}"), ("ttft_p50", "TTFT p50", "{:.1f}"),
             ("ttft_p99", "TTFT p99", "{:.1f}"), ("tpot_p50", "TPOT p50", "{:.2f}"), ("itl_p50", "ITL p50", "{:.2f}"),
-            ("tok_per_chunk", "tok/chunk", "{:.2f}")]
+            ("tok_per_chunk", "tok/arrival", "{:.2f}")]
     head = f"| {'conc':>4} | {'server':<10} | " + " | ".join(f"{c[1]:>10}" for c in cols) + " |"
     lines = [head, "|" + "|".join("-" * len(part) for part in head[1:-1].split("|")) + "|"]
     for level in levels:
@@ -243,12 +245,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         for i in range(args.rounds):
             rnd: Dict[str, Any] = {}
-            for name in order:
-                rnd[name] = bench_server(name, args, spec, out / f"round{i + 1}")
             rounds.append(rnd)
+            for name in order:
+                try:
+                    rnd[name] = bench_server(name, args, spec, out / f"round{i + 1}")
+                except Exception as err:  # noqa: BLE001 - one server failing still reports the others
+                    _say(f"[{name}] failed: {err}")
+                    rnd[name] = {"levels": {}, "error": str(err)[-2000:]}
+                write_results(out, args, argv, spec, order, rounds, load_before)
     finally:
         if lock is not None:
             lock.close()
+    table, load_after = write_results(out, args, argv, spec, order, rounds, load_before)
+    print(table)
+    print(f"\nload average before {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "
+          f"after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}; results in {out / 'result.json'}")
+    return 0
+
+
+def write_results(out: Path, args: argparse.Namespace, argv: Optional[List[str]], spec: servers.Spec,
+                  order: List[str], rounds: List[Dict[str, Any]], load_before) -> "tuple[str, tuple]":
+    """(Re)write result.json with what has been measured so far; returns the table."""
     med = median_rounds(rounds)
     rat = ratios(med)
     levels = [str(c) for c in args.concurrency]
@@ -262,13 +279,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                      "requests": {str(c): args.requests or default_requests(c) for c in args.concurrency}},
         "environment": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine(),
                         "loadavg_before": load_before, "loadavg_after": load_after, **servers.versions()},
-        "median": med, "ratio_to_vllm": rat, "rounds": rounds, "table": table,
+        "variants": args.variants, "median": med, "ratio_to_vllm": rat, "rounds": rounds, "table": table,
     }
     (out / "result.json").write_text(json.dumps(doc, indent=2, default=str))
-    print(table)
-    print(f"\nload average before {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "
-          f"after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}; results in {out / 'result.json'}")
-    return 0
+    return table, load_after
 
 
 if __name__ == "__main__":

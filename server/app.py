@@ -1,13 +1,15 @@
 """`build_app(args)`: the only place that builds Ray Serve deployments.
 
-One Ray Serve LLM deployment (`LLMServer` wrapping a vLLM engine) per pool, and one
-router ingress deployment in front that holds a handle to each. `serve run
-server.app:build_app`, `qwen-serve up` and KubeRay's serveConfigV2 all call it with the
-same document (see server/config.py).
+One Ray Serve LLM deployment (`LLMServer` wrapping a vLLM engine) per pool, and the
+router: either its own ingress deployment in front that holds a handle to each pool, or
+(`server.router_placement`, one pool) served by the pool's own replicas, which then call
+their engine in-process. `serve run server.app:build_app`, `qwen-serve up` and KubeRay's
+serveConfigV2 all call it with the same document (see server/config.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Dict, List, Optional, Union
 
@@ -30,6 +32,15 @@ BASE_ENGINE_ENV = {
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
     "TOKENIZERS_PARALLELISM": "false",
+}
+
+# Ray Serve settings every replica we build gets (read by the replica process at start):
+# our code runs on the replica's own event loop, and so does the router of its outgoing
+# handle calls, instead of a second thread and loop each. Otherwise every streamed chunk
+# crosses threads (call_soon_threadsafe and a GIL hand-off) on its way out.
+SERVE_REPLICA_ENV = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
 }
 
 
@@ -108,7 +119,10 @@ def deployment_options(pool: PoolConfig) -> Dict[str, Any]:
 
 
 def llm_config_for_pool(name: str, pool: PoolConfig, config: AppConfig) -> LLMConfig:
-    env = dict(BASE_ENGINE_ENV)
+    """The pool's LLMConfig. When the router runs in this pool's replicas, each replica
+    admits the pool's slots plus its queue, so the router's own limits (429 with
+    Retry-After) apply rather than a silent queue in Serve's proxy."""
+    env = {**BASE_ENGINE_ENV, **SERVE_REPLICA_ENV}
     if pool.accelerator == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(pool.cpu.kvcache_space_gib)
         bind = cpu_thread_binding(pool)
@@ -117,6 +131,8 @@ def llm_config_for_pool(name: str, pool: PoolConfig, config: AppConfig) -> LLMCo
     env.update(pool.env)
     options = deployment_options(pool)
     options["graceful_shutdown_timeout_s"] = config.server.graceful_shutdown_timeout_s
+    if config.router_pool == name:
+        options["max_ongoing_requests"] = pool.max_ongoing_requests + pool.max_queued_requests
     kwargs: Dict[str, Any] = dict(
         model_loading_config={"model_id": name, "model_source": pool.model},
         engine_kwargs=engine_kwargs(pool),
@@ -150,6 +166,89 @@ class RouterIngress:
         return create_app(self._config, self._backend)
 
 
+_closing: set = set()  # aclose() tasks of abandoned local streams, kept until they finish
+
+
+class _LocalStream:
+    """The replica's own engine stream, pulled in the caller's task: no Ray hop per item.
+
+    Cancelling the caller (client gone, deadline) cancels the engine request through the
+    generators' own CancelledError handling; `cancel()` closes a stream left unfinished.
+    """
+
+    __slots__ = ("_start", "_gen")
+
+    def __init__(self, start: Any) -> None:
+        self._start = start  # coroutine returning the LLMServer's response generator
+        self._gen: Any = None
+
+    def __aiter__(self) -> "_LocalStream":
+        return self
+
+    async def __anext__(self) -> Any:
+        gen = self._gen
+        if gen is None:
+            start, self._start = self._start, None
+            if start is None:
+                raise StopAsyncIteration
+            gen = self._gen = await start
+        return await gen.__anext__()
+
+    def cancel(self) -> None:
+        if self._start is not None:
+            self._start.close()
+            self._start = None
+        gen, self._gen = self._gen, None
+        if gen is not None:
+            task = asyncio.ensure_future(gen.aclose())
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
+
+
+class LocalPoolBackend:
+    """The router's pool backend inside a pool replica: its own pool in-process, any
+    other pool through its deployment handle."""
+
+    def __init__(self, name: str, server: LLMServer, others: Dict[str, Any]) -> None:
+        from server.ingress.backend import RayPoolBackend
+
+        self._name, self._server = name, server
+        self._others = RayPoolBackend(others)
+
+    def call(self, kind: str, pool: str, request: Any) -> Any:
+        if pool == self._name:
+            return _LocalStream(getattr(self._server, kind)(request))
+        return self._others.call(kind, pool, request)
+
+    async def check(self, pool: str, timeout_s: float) -> None:
+        if pool == self._name:
+            await asyncio.wait_for(self._server.check_health(), timeout_s)
+        else:
+            await self._others.check(pool, timeout_s)
+
+
+class RouterPoolServer(PoolServer):
+    """A pool replica that also serves the router's HTTP app (server.router_placement).
+
+    Requests reach the replica from Ray Serve's proxy, or straight from the client with
+    direct ingress, and stream from the engine in the same process, as in vLLM's own
+    server: no router replica, no Ray hop and no pickling per streamed chunk.
+    """
+
+    async def __init__(self, llm_config: LLMConfig, *, router_args: Dict[str, Any],
+                       pools: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
+        self._router_config = parse_config(router_args, "router args")
+        self._other_pools = dict(pools or {})
+        await super().__init__(llm_config, **kwargs)
+        self._pool_name = llm_config.model_id
+
+    async def __serve_build_asgi_app__(self):
+        from server.ingress.api import create_app
+
+        logging.getLogger("qwen_serve").setLevel(self._router_config.server.log_level)
+        return create_app(self._router_config, LocalPoolBackend(self._pool_name, self, self._other_pools))
+
+
 def build_app(args: Union[Dict[str, Any], AppConfig, None] = None) -> serve.Application:
     """Ray Serve application builder.
 
@@ -164,8 +263,12 @@ def build_app(args: Union[Dict[str, Any], AppConfig, None] = None) -> serve.Appl
     else:
         config = load_config()
     config = resolve_plans(config)
+    router_args = config.model_dump(mode="json", exclude_none=True)
+    host = config.router_pool
     pools: Dict[str, Any] = {}
     for name, pool in config.pools.items():
+        if name == host:
+            continue
         llm_config = llm_config_for_pool(name, pool, config)
         pools[name] = build_llm_deployment(
             llm_config,
@@ -173,16 +276,31 @@ def build_app(args: Union[Dict[str, Any], AppConfig, None] = None) -> serve.Appl
             deployment_cls=PoolServer,
             override_serve_options={"name": f"{POOL_DEPLOYMENT_PREFIX}{name}"},
         )
+    if host is not None:
+        return build_llm_deployment(
+            llm_config_for_pool(host, config.pools[host], config),
+            name_prefix=POOL_DEPLOYMENT_PREFIX,
+            deployment_cls=serve.ingress()(RouterPoolServer),
+            bind_kwargs={"router_args": router_args, "pools": pools},
+            override_serve_options={"name": f"{POOL_DEPLOYMENT_PREFIX}{host}"},
+        )
     ingress = serve.deployment(
         RouterIngress,
         name=INGRESS_DEPLOYMENT_NAME,
         num_replicas=config.server.ingress_replicas,
         max_ongoing_requests=config.server.ingress_max_ongoing_requests,
         graceful_shutdown_timeout_s=config.server.graceful_shutdown_timeout_s,
-        ray_actor_options={"num_cpus": config.server.ingress_num_cpus},
+        ray_actor_options={"num_cpus": config.server.ingress_num_cpus,
+                           "runtime_env": {"env_vars": dict(SERVE_REPLICA_ENV)}},
     )
-    return ingress.bind(config.model_dump(mode="json", exclude_none=True), pools)
+    return ingress.bind(router_args, pools)
 
 
 def pool_deployment_names(config: AppConfig) -> List[str]:
     return [f"{POOL_DEPLOYMENT_PREFIX}{name}" for name in config.pools]
+
+
+def router_deployment_name(config: AppConfig) -> str:
+    """The deployment that serves the router's HTTP app (a pool's, when it hosts it)."""
+    host = config.router_pool
+    return f"{POOL_DEPLOYMENT_PREFIX}{host}" if host else INGRESS_DEPLOYMENT_NAME

@@ -71,6 +71,28 @@ class ServerConfig(StrictModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level of the router and the CLI."
     )
+    router_placement: Literal["auto", "pool", "separate"] = Field(
+        "auto",
+        description="Where the router's HTTP app runs. 'pool': inside the replicas of the only "
+        "pool, which call their own engine in-process (no Ray hop per streamed chunk; the "
+        "router then has as many replicas as the pool, and ingress_* settings do not apply); "
+        "'separate': its own `router` deployment in front of the pools; 'auto': 'pool' when "
+        "there is exactly one pool, else 'separate'.",
+    )
+    direct_ingress: bool = Field(
+        True,
+        description="`qwen-serve up` with a local Ray only: the router's replicas accept HTTP "
+        "themselves (Ray Serve direct ingress), the first on `port` and any more on the next "
+        "ports, so requests skip Ray Serve's proxy process; the proxy still runs on "
+        "`proxy_port` and balances across all replicas. Off: every request goes through the "
+        "proxy on `port`.",
+    )
+    proxy_port: Optional[int] = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Port of Ray Serve's HTTP proxy when direct_ingress is on (None: a free port, printed at start-up).",
+    )
 
 
 class ParallelismConfig(StrictModel):
@@ -230,8 +252,27 @@ class AppConfig(StrictModel):
                 raise ValueError(f"pool name {name!r} may hold only letters, digits, '-' and '_'")
         return value
 
+    @property
+    def router_pool(self) -> Optional[str]:
+        """The pool whose replicas also serve the router (server.router_placement), or None."""
+        placement = self.server.router_placement
+        if placement == "separate" or (placement == "auto" and len(self.pools) != 1):
+            return None
+        return next(iter(self.pools))
+
+    @property
+    def router_replicas(self) -> int:
+        """Replicas of the router: the host pool's when it runs inside a pool."""
+        pool = self.router_pool
+        return max(1, self.pools[pool].served_replicas) if pool else self.server.ingress_replicas
+
     @model_validator(mode="after")
     def _router_pools(self) -> "AppConfig":
+        if self.server.router_placement == "pool" and len(self.pools) != 1:
+            raise ValueError(
+                f"server.router_placement 'pool' needs exactly one pool (there are {len(self.pools)}); "
+                "use 'separate' or 'auto'"
+            )
         for mode, target in self.router.mode_pools().items():
             if target not in self.pools:
                 raise ValueError(

@@ -39,6 +39,53 @@ def local_num_cpus(config: AppConfig) -> float:
     return float(max(os.cpu_count() or 1, math.ceil(total + 1)))
 
 
+def router_port_count(config: AppConfig) -> int:
+    """Most replicas the router can have: each takes its own port with direct ingress."""
+    host = config.router_pool
+    if host is None:
+        return config.server.ingress_replicas
+    pool = config.pools[host]
+    return max(pool.replicas, pool.autoscaling.max_replicas if pool.autoscaling else 1, 1)
+
+
+def local_serve_env(config: AppConfig) -> Dict[str, str]:
+    """Ray Serve settings for a local Ray instance, read by every Ray process at start.
+
+    With direct ingress the router's replicas serve HTTP themselves on `port` and the ports
+    after it (one each), so a request skips the proxy process and its Ray hop per streamed
+    chunk. There is no external load balancer to deregister from, so no drain delay, and a
+    restarted replica takes its port back at once.
+    """
+    if not config.server.direct_ingress:
+        return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+    port = config.server.port
+    return {
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + router_port_count(config)),  # exclusive
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
+        "RAY_SERVE_PORT_QUARANTINE_S": "0",
+    }
+
+
+def pick_proxy_port(config: AppConfig) -> int:
+    """Port of Ray Serve's proxy: `port` without direct ingress, else proxy_port or a free one."""
+    server = config.server
+    if not server.direct_ingress:
+        return server.port
+    if server.proxy_port:
+        return server.proxy_port
+    import socket
+
+    taken = range(server.port, server.port + router_port_count(config))
+    while True:
+        with socket.socket() as sock:
+            sock.bind((server.host if server.host not in ("", "0.0.0.0") else "0.0.0.0", 0))
+            port = sock.getsockname()[1]
+        if port not in taken:
+            return port
+
+
 def _deployment_rows(status: Any) -> Dict[str, Dict[str, Any]]:
     app = status.applications.get(APP_NAME)
     rows: Dict[str, Dict[str, Any]] = {}
@@ -79,6 +126,15 @@ class Launcher:
         except preflight.PreflightError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        proxy_port = pick_proxy_port(self.config)
+        if local:
+            if self.config.server.direct_ingress and self.config.server.proxy_port:
+                try:
+                    preflight.check_port(self.config.server.host, proxy_port)
+                except preflight.PreflightError as err:
+                    print(f"error: server.proxy_port: {err}", file=sys.stderr)
+                    return 2
+            os.environ.update(local_serve_env(self.config))  # before Ray (and Serve) start
         import ray
         from ray import serve
 
@@ -97,12 +153,16 @@ class Launcher:
             ray.init(address=self.config.server.ray_address, log_to_driver=False)
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         try:
-            serve.start(http_options={"host": self.config.server.host, "port": self.config.server.port})
+            serve.start(http_options={"host": self.config.server.host, "port": proxy_port if local else self.config.server.port})
             app = build_app(self.config)
             worker = threading.Thread(target=self._deploy, args=(app,), daemon=True)
             worker.start()
-            if not self._wait_ready(started):
+            if not self._wait_ready(started) or not self._wait_http(started):
                 return 1
+            if local and self.config.server.direct_ingress:
+                shown = self.url().rsplit(":", 1)[0]
+                _say(f"  direct ingress: the router answers on {self.url()}; Ray Serve's proxy "
+                     f"(balances across replicas) on {shown}:{proxy_port}")
             _say(f"{READY_LINE} {self.url()}/v1 (pools ready in {time.monotonic() - started:.0f}s; Ctrl-C stops)")
             while not self._stop.wait(0.5):
                 pass
@@ -125,6 +185,21 @@ class Launcher:
             serve.run(app, name=APP_NAME, route_prefix="/")
         except BaseException as err:  # noqa: BLE001 - reported by the main thread
             self._deploy_error = err
+
+    def _wait_http(self, started: float) -> bool:
+        """The router answers on the URL we print (a direct-ingress replica binds its port
+        just after its deployment reports RUNNING)."""
+        deadline = max(started + self.config.server.startup_timeout_s, time.monotonic() + 30)
+        while time.monotonic() < deadline and not self._stop.is_set():
+            try:
+                with urllib.request.urlopen(f"{self.url()}/health", timeout=5) as resp:
+                    if resp.status == 200:
+                        return True
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            time.sleep(0.5)
+        print(f"error: the router does not answer at {self.url()}/health", file=sys.stderr)
+        return False
 
     def _wait_ready(self, started: float) -> bool:
         from ray import serve

@@ -39,7 +39,7 @@ def _json(body: Any, status: int = 200, headers: Optional[Dict[str, str]] = None
 
 def pool_limits(config: AppConfig) -> Dict[str, PoolLimits]:
     """Each ingress replica's share of every pool's slots and queue."""
-    share = config.server.ingress_replicas
+    share = config.router_replicas
     return {
         name: PoolLimits(
             slots=max(1, pool.served_replicas * pool.max_ongoing_requests // share),

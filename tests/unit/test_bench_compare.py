@@ -23,9 +23,11 @@ def summary(tok_s: float, ttft: float) -> dict:
 
 
 def test_figures_and_tokens_per_chunk():
-    f = compare.figures(summary(1000, 20), [rec(100, 100), rec(100, 20), rec(50, 5, ok=False)])
+    burst = rec(100, 20)
+    burst.chunk_times = [0.05 * (i // 4) for i in range(20)]  # 4 events per read: 5 arrivals
+    f = compare.figures(summary(1000, 20), [rec(100, 100), burst, rec(50, 5, ok=False)])
     assert f["tok_s"] == 1000 and f["ttft_p50"] == 20 and f["ttft_p99"] == 40 and f["itl_p50"] == 4.0
-    assert f["tok_per_chunk"] == 200 / 120  # failed requests left out
+    assert f["tok_per_chunk"] == 200 / 105  # failed requests left out
 
 
 def test_medians_and_ratios_to_bare_vllm():
