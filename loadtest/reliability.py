@@ -147,8 +147,13 @@ async def load_phase(url: str, headers: Dict[str, str], duration_s: float, concu
 
         async def arrivals() -> None:
             pending = set()
-            while time.monotonic() < stop_at:
-                await asyncio.sleep(rng.expovariate(rate))
+            next_at = time.monotonic()
+            while True:
+                # Absolute arrival times: a late wake-up does not lower the offered rate.
+                next_at += rng.expovariate(rate)
+                if next_at >= stop_at:
+                    break
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
                 if len(pending) < concurrency * 4:
                     task = asyncio.create_task(one())
                     pending.add(task)
@@ -190,7 +195,8 @@ def soak(url: str, headers: Dict[str, str], duration_s: float, concurrency: int,
     tick(wall)
     server = count_delta(router_counts(url, headers), before)
     out: Dict[str, Any] = {**tally.summary(), "wall_s": wall, "concurrency": concurrency, "rate_rps": rate,
-                           "throughput_rps": tally.count("ok") / wall, "router_idle_after": idle,
+                           "throughput_rps": tally.count("ok") / wall, "offered_rps": tally.sent / wall,
+                           "router_idle_after": idle,
                            "server_counts": server, "server_errors": len(tally.server_errors())}
     if samples:
         third = max(1, len(samples) // 3)

@@ -29,8 +29,8 @@ def test_soak_at_seventy_percent_with_cancellations(stack):
     print(f"\n[soak] capacity {cap:.2f} req/s (closed loop, {PROBE_CONCURRENCY} workers, {PROBE_S}s); soak "
           f"{result['wall_s']:.0f}s at {rate:.2f} req/s: sent {result['sent']}, ok {result['ok']}, "
           f"cancelled {result['cancelled']}, clean errors {result['clean_errors']}, lost {result['lost']}, 5xx "
-          f"{result['server_errors']}; achieved {result['throughput_rps']:.2f} req/s "
-          f"({100 * result['throughput_rps'] / cap:.0f}% of capacity); client {result['by_status']} vs server "
+          f"{result['server_errors']}; offered {result['offered_rps']:.2f} req/s ({100 * result['offered_rps'] / cap:.0f}% "
+          f"of capacity), completed {result['throughput_rps']:.2f} req/s; client {result['by_status']} vs server "
           f"{result['server_counts']} (match {match}); RSS {result['rss_first_gb']:.2f} -> {result['rss_last_gb']:.2f} GB "
           f"({result['rss_growth_pct']:+.1f}%), fds {result['fds_first']:.0f} -> {result['fds_last']:.0f} "
           f"over {result['samples']} samples")
