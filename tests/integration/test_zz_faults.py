@@ -31,5 +31,6 @@ def test_kill_under_load_loses_nothing_and_recovers(stack, target):
     assert r["after_restart_ok"] == 5
     assert r["ready_after"]
     assert r["engine_cores_after"] == r["engine_cores_before"], "an orphaned or missing engine core"
-    for status in r["error_statuses"]:
-        assert status in (499, 500, 502, 503, 504) or 400 <= status < 500, status
+    # Clean errors only: 503 (engine gone), 504 (deadline while waiting for the new
+    # replica), or 200 with an SSE error frame + [DONE] for a stream cut mid-way.
+    assert set(r["error_statuses"]) <= {200, 502, 503, 504}, r["error_statuses"]
