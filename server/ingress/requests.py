@@ -94,6 +94,10 @@ def _materialise_messages(request: Any) -> None:
 
 def signals(kind: str, body: Dict[str, Any]) -> RequestSignals:
     """The router's view of a raw body: explicit switches and the text to score."""
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        # Checked before the router looks the name up (a list or dict there was a 500).
+        raise APIError(400, "'model' must be a string", param="model", code="invalid_type")
     ctk = body.get("chat_template_kwargs") or {}
     enable = ctk.get("enable_thinking") if isinstance(ctk, dict) else None
     effort = body.get("reasoning_effort")
@@ -108,7 +112,7 @@ def signals(kind: str, body: Dict[str, Any]) -> RequestSignals:
         last = prompt if isinstance(prompt, str) else ""
         turns = 1
     return RequestSignals(
-        model=body.get("model"),
+        model=model,
         enable_thinking=enable if isinstance(enable, bool) else None,
         reasoning_effort=effort if isinstance(effort, str) else None,
         thinking_token_budget=budget if isinstance(budget, int) and not isinstance(budget, bool) else None,

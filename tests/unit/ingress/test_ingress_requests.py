@@ -175,3 +175,14 @@ def test_bad_items_in_lazily_validated_content_are_400():
     with pytest.raises(APIError) as err:
         req.validate("chat", {"model": "m", "messages": [{"role": "user", "content": [[]]}]})
     assert err.value.status == 400
+
+
+@pytest.mark.parametrize("model", [[], {}, ["qwen3"], {"a": 1}])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/route/explain"])
+def test_a_model_that_is_not_a_string_is_400(make_app, model, path):
+    """Found by the schema fuzz on the real stack: an unhashable model name was a 500."""
+    client, backend, _ = make_app()
+    body = {"model": model, "messages": USER, "prompt": "hi", "max_tokens": 1}
+    r = client.post(path, json=body, headers=bearer())
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+    assert backend.calls == []
