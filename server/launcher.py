@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 from server.config import AppConfig
@@ -245,6 +246,10 @@ def print_status(address: str, url: Optional[str]) -> int:
     import ray
     from ray import serve
 
+    # A local Ray 2.60 cluster turns token auth on and keeps the token in ~/.ray/auth_token;
+    # a second process must opt in to present it.
+    if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").exists():
+        os.environ["RAY_AUTH_MODE"] = "token"
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     except Exception as err:  # noqa: BLE001
