@@ -9,7 +9,7 @@ import pytest
 
 from ingress_fakes import KEYS
 
-schemathesis = pytest.importorskip("schemathesis")
+schemathesis = pytest.importorskip("schemathesis", minversion="4.0")  # the v4 API
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis.generation.modes import GenerationMode  # noqa: E402
@@ -24,7 +24,7 @@ def test_no_input_makes_the_ingress_answer_5xx(make_app):
         op = result.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
-            @settings(max_examples=25, deadline=None, database=None, derandomize=True, phases=[Phase.generate],
+            @settings(max_examples=40, deadline=None, database=None, derandomize=True, phases=[Phase.generate],
                       suppress_health_check=list(HealthCheck))
             @given(case=op.as_strategy(generation_mode=mode))
             def run(case):
