@@ -24,7 +24,7 @@ def test_no_input_makes_the_ingress_answer_5xx(make_app):
         op = result.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
-            @settings(max_examples=40, deadline=None, database=None, derandomize=True, phases=[Phase.generate],
+            @settings(max_examples=30, deadline=None, database=None, derandomize=True, phases=[Phase.generate],
                       suppress_health_check=list(HealthCheck))
             @given(case=op.as_strategy(generation_mode=mode))
             def run(case):
