@@ -172,14 +172,28 @@ def _wait_line(line: str, proc: subprocess.Popen, log_path: Path, timeout_s: flo
     raise RuntimeError(f"server not ready after {timeout_s:.0f}s:\n{log_path.read_text(errors='replace')[-3000:]}")
 
 
+def _session_pids(sid: int) -> list:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.getsid(int(entry)) == sid:
+                    pids.append(int(entry))
+    return pids
+
+
 def stop(proc: subprocess.Popen, grace_s: float = 90.0) -> None:
-    """Ctrl-C the server, then kill whatever is left of its process group."""
+    """SIGTERM the server (each one shuts down cleanly on it; SIGINT may be ignored when
+    started from a background shell), then kill whatever is left of its session."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             pass
+    for pid in _session_pids(proc.pid) if os.path.isdir("/proc") else []:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):

@@ -26,6 +26,7 @@ import fcntl
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -226,7 +227,12 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _terminate(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds through each server's stop()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
     args = parse_args(argv)
     args.variants = dict(servers.parse_variant(v) for v in args.variant)
     order = [s for s in args.servers.split(",") if s]
