@@ -330,7 +330,7 @@ def test_saturated_pool_shows_queue_degraded_health_429_downgrade_and_engine_loa
     capacity = health["slots"] + health["queue_limit"]
     with httpx.Client(base_url=stack.url, headers=stack.headers(), timeout=120) as http:
         explain = http.post("/v1/route/explain", json={"model": "qwen3", "messages": [{"role": "user", "content": HARD}]}).json()
-    assert explain["mode"] == "thinking", explain
+    assert explain["score"] >= explain["threshold"], explain  # auto mode wants thinking for it
     before = snapshot(prom)
 
     async def scenario():
@@ -457,7 +457,8 @@ def test_dashboard_and_alert_queries_run_on_live_data(stack, prom, pools):
     assert {r["name"] for r in rules} == {name for name, _ in alerts}
     assert all(r["health"] == "ok" and not r.get("lastError") for r in rules), [(r["name"], r.get("lastError")) for r in rules]
     assert not [r["name"] for r in rules if r["state"] == "firing"]
-    # No alert condition holds on a healthy idle stack (evaluated ad hoc; `for:` ignored).
+    # The state-based conditions do not hold on the idle stack (evaluated ad hoc; `for:`
+    # ignored). Rate-based ones depend on what else this test session sent.
     firing = {name: prom.query(expr) for name, expr in alerts
-              if name not in ("QwenServeTTFTSLOBreach", "QwenServeSustainedDowngrades")}
+              if name in ("QwenServePoolNoReadyReplica", "QwenServeKVCacheNearFull", "QwenServeQueueNearFull")}
     assert not any(firing.values()), firing
