@@ -243,13 +243,13 @@ class Launcher:
 
 
 def print_status(address: str, url: Optional[str]) -> int:
-    import ray
-    from ray import serve
-
     # A local Ray 2.60 cluster turns token auth on and keeps the token in ~/.ray/auth_token;
     # a second process must opt in to present it.
     if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").exists():
         os.environ["RAY_AUTH_MODE"] = "token"
+    import ray  # after the auth mode is set: Ray reads it when it loads
+    from ray import serve
+
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     except Exception as err:  # noqa: BLE001
