@@ -59,7 +59,7 @@ class ScorerConfig(_Strict):
     long_prompt_chars: int = Field(2000, ge=1, description="A last user message longer than this adds `long_prompt`.")
     long_conversation_turns: int = Field(6, ge=1, description="A conversation with this many user turns adds `long_conversation`.")
     max_scan_chars: int = Field(
-        8192, ge=256, description="Only the first and last half of this many characters of a message are scanned (bounds cost)."
+        2048, ge=256, description="Only the first and last half of this many characters of a message are scanned (bounds cost)."
     )
 
     @model_validator(mode="after")

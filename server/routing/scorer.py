@@ -123,7 +123,7 @@ def score_prompt(
     *,
     long_prompt_chars: int = 2000,
     long_conversation_turns: int = 6,
-    max_scan_chars: int = 8192,
+    max_scan_chars: int = 2048,
 ) -> ScoreResult:
     """Score the last user message (plus conversation length) for thinking mode."""
     text = _bounded(last_user_text, max_scan_chars)
