@@ -261,7 +261,7 @@ def table(results: Dict[str, Dict[str, Any]]) -> str:
     if s:
         rows += [
             ("soak: duration (s) / arrival rate (req/s)", f"{s['wall_s']:.0f} / {_fmt(s.get('rate_rps'))}"),
-            ("soak: capacity (req/s) / load (% of capacity)", f"{s.get('capacity_rps', float('nan')):.2f} / {s.get('load_pct', float('nan')):.0f}"),
+            ("soak: capacity (req/s) / offered load (% of capacity)", f"{s.get('capacity_rps', float('nan')):.2f} / {s.get('load_pct', float('nan')):.0f}"),
             ("soak: requests / ok / cancelled / clean errors / lost", f"{s['sent']} / {s['ok']} / {s['cancelled']} / {s['clean_errors']} / {s['lost']}"),
             ("soak: 5xx", s["server_errors"]),
             ("soak: server counts equal client counts", s.get("counts_match")),
@@ -319,7 +319,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"phase: soak ({args.soak_s:.0f}s at {rate:.2f} req/s = {100 * args.load:.0f}% of {cap:.2f} req/s)", flush=True)
         s = soak(args.url, headers, args.soak_s, probe_conc, args.pid, rate=rate)
         s["capacity_rps"] = cap
-        s["load_pct"] = 100 * s["throughput_rps"] / cap if cap else float("nan")
+        s["load_pct"] = 100 * s["offered_rps"] / cap if cap else float("nan")  # offered load
         s["counts_match"] = server_matches_client(s)
         results["soak"] = s
     if args.kill_replica:
