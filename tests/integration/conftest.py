@@ -66,7 +66,7 @@ class Stack:
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is not None:
         return
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)  # handled like Ctrl-C; SIGINT is ignored in background jobs
     try:
         proc.wait(timeout=90)
     except subprocess.TimeoutExpired:
@@ -131,7 +131,7 @@ def stack(tmp_path_factory, stack_lock) -> Stack:
         yield Stack(url=url, proc=proc, log_path=log_path, startup_s=startup, metrics_port=metrics_port, config_path=config_path)
     finally:
         _stop(proc)
-    # Ctrl-C shut everything down cleanly.
+    # SIGTERM (as Ctrl-C) shut everything down cleanly.
     assert proc.returncode == 0, f"qwen-serve up exited with {proc.returncode} after Ctrl-C"
     assert "qwen-serve: stopped" in log_path.read_text(errors="replace")
 
