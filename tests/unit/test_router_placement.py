@@ -12,7 +12,7 @@ import pytest
 from server.app import LocalPoolBackend, _LocalStream, llm_config_for_pool, router_deployment_name
 from server.config import ConfigError, parse_config
 from server.ingress.api import pool_limits
-from server.launcher import local_serve_env, pick_proxy_port, router_port_count
+from server.launcher import LEAN_RAY_ENV, apply_local_env, local_serve_env, pick_proxy_port, router_port_count
 
 
 def config(pools=("hybrid",), **server):
@@ -158,3 +158,11 @@ def test_local_health_check():
     server.healthy = False
     with pytest.raises(RuntimeError):
         asyncio.run(backend.check("hybrid", 1.0))
+
+
+def test_local_env_trims_ray_but_the_callers_environment_wins():
+    environ = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.1"}
+    apply_local_env(config(port=18123), environ)
+    assert environ["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] == "0.1"
+    assert environ["RAY_SERVE_LOG_TO_STDERR"] == LEAN_RAY_ENV["RAY_SERVE_LOG_TO_STDERR"]
+    assert environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
