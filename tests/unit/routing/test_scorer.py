@@ -37,6 +37,43 @@ def test_each_signal_fires(text, signal):
     assert signal in score_prompt(text, 1, W).signals
 
 
+@pytest.mark.parametrize("text,signal", [
+    ("please proofread my letter", "proof"),          # "proof" only as a whole word
+    ("a primer on gardening", "math_words"),          # "prime" only as a whole word
+    ("I trust you", "code_words"),                    # "rust" only as a whole word
+    ("my_function_name is long", "code_words"),       # underscores join words
+    ("the cosine of nothing", "math_notation"),       # cos( needs the parenthesis
+    ("then we rest", "multi_step"),                   # a lone "then" is no sequence
+    ("no Traceback here", "stack_trace"),
+])
+def test_signal_does_not_fire(text, signal):
+    assert signal not in score_prompt(text, 1, W).signals
+
+
+@pytest.mark.parametrize("text,signal", [
+    ("TRACEBACK (most recent call last):", "stack_trace"),  # case-insensitive
+    ("ValueError: bad value", "stack_trace"),
+    ("  File \"x.py\", line 12, in f", "stack_trace"),
+    ("compute sin(x) + cos (y)", "math_notation"),
+    ("x mod 7", "math_notation"),
+    ("It costs $12 each", "word_problem"),
+    ("Do these:\n1. wash\n2. dry\n3. fold", "multi_step"),   # a numbered list at the start
+    ("intro\n- a\n- b\n- c\n", "multi_step"),
+    ("First boil water, then add the pasta", "multi_step"),
+    ("Zuerst die Daten laden, dann filtern", "multi_step"),
+    ("首先读取数据，然后排序", "multi_step"),
+    ("Beweise den Satz Schritt für Schritt", "step_by_step"),
+    ("Löse die Gleichung", "math_words"),
+    ("Найди вероятность события", "math_words"),
+    ("Напиши код на Python", "code_words"),
+    ("¿Cuántos días tiene un año bisiesto?", "word_problem"),
+    ("write it in c++ please", "code_words"),
+    ("Eigenvalues of A", "math_words"),
+])
+def test_signal_fires_in_context(text, signal):
+    assert signal in score_prompt(text, 1, W).signals
+
+
 def test_every_signal_has_a_default_weight():
     assert set(W) == set(SIGNALS)
 
