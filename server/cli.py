@@ -45,6 +45,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     pools = ", ".join(f"{n} ({p.model}, {p.accelerator})" for n, p in config.pools.items())
     print(f"ok: {args.config or DEFAULT_CONFIG_PATH} is valid; pools: {pools}")
+    if not args.here:
+        return 0
+    from server import preflight
+    from server.plan_apply import PlanApplyError, resolve_plans
+
+    try:
+        done = preflight.run_all(resolve_plans(config), check_bind=True, progress=lambda m: print(f"  {m}"))
+    except (PlanApplyError, preflight.PreflightError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"ok: this machine can run it (checked: {', '.join(done)})")
     return 0
 
 
@@ -79,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a configuration file")
     check.add_argument("config", nargs="?")
+    check.add_argument("--here", action="store_true",
+                       help="also check that `qwen-serve up` can run it on this machine (port, memory, model, GPUs)")
     check.set_defaults(func=cmd_check)
 
     render = sub.add_parser("render", help="print the configuration as a Serve config file or plain args")

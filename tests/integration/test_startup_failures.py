@@ -91,3 +91,27 @@ def test_unreadable_config(tmp_path, text, message):
     proc, _ = _up(tmp_path, text)
     assert proc.returncode == 2
     assert message in proc.stderr
+
+
+def test_gpu_pool_on_a_machine_without_gpus(tmp_path):
+    # This machine (and CI's) has no GPU: a GPU pool must fail fast, not wait for Ray resources.
+    proc, took = _up(tmp_path, _doc(model="Qwen/Qwen3-0.6B", accelerator="gpu"))
+    assert proc.returncode == 2
+    assert "pool fast runs on GPUs (accelerator: gpu) but this machine has no GPU" in proc.stderr
+    assert "starting a local Ray" not in proc.stdout
+    assert took < 60
+
+
+def test_check_here_runs_the_preflight(tmp_path):
+    doc = _doc(model="Qwen/Qwen3-0.6B", accelerator="gpu")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    bad = subprocess.run([sys.executable, "-m", "server.cli", "check", "--here", str(path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "this machine has no GPU" in bad.stderr
+    assert "is valid" in bad.stdout  # the document itself is fine
+    path.write_text(yaml.safe_dump(_doc()))  # the CPU pools of the test configs, on a free port
+    good = subprocess.run([sys.executable, "-m", "server.cli", "check", "--here", str(path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert good.returncode == 0, good.stderr
+    assert "ok: this machine can run it (checked: port, memory, models)" in good.stdout
