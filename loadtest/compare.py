@@ -53,7 +53,7 @@ FIGURES = {
 
 def default_requests(concurrency: int) -> int:
     """Measured requests per level: enough for stable medians, a few minutes in all on a CPU."""
-    return max(40, 10 * concurrency)
+    return max(60, min(20 * concurrency, 320))
 
 
 def _dig(summary: Dict[str, Any], path) -> Optional[float]:
@@ -119,6 +119,7 @@ def bench_server(name: str, args: argparse.Namespace, spec: servers.Spec, log_di
         entry["ready_s"] = time.monotonic() - started
         _say(f"[{name}] ready in {entry['ready_s']:.0f}s at {server.base_url}")
         warm_up(server, args)
+        time.sleep(args.settle)
         for c in args.concurrency:
             entry["levels"][str(c)] = level = run_level(server, args, c)
             level["loadavg"] = os.getloadavg()
@@ -213,7 +214,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                    "(dotted paths into the generated config; env.X=V sets an environment variable); "
                    "list NAME in --servers")
     p.add_argument("--concurrency", default="1,8,32", type=lambda s: [int(x) for x in s.split(",")])
-    p.add_argument("--requests", type=int, help="measured requests per level (default: max(40, 10 x concurrency))")
+    p.add_argument("--requests", type=int, help="measured requests per level (default: 20 x concurrency, at least 60, at most 320)")
+    p.add_argument("--settle", type=float, default=10.0,
+                   help="seconds each server idles after its warm-up, before the first level: start-up "
+                   "work in the background (Ray's agents, for one) stays out of the figures")
     p.add_argument("--input-tokens", default="64:512")
     p.add_argument("--output-tokens", default="32:256")
     p.add_argument("--tokenizer", help="tokenizer directory for prompt lengths (default: Qwen3's)")
