@@ -94,8 +94,9 @@ def check_gpus(config: AppConfig, gpus: GpuInventory) -> None:
         return
     if gpus.count == 0:
         names = ", ".join(name for name, _ in pools)
+        subject = f"pool {names} runs" if len(pools) == 1 else f"pools {names} run"
         raise PreflightError(
-            f"pool {names} runs on GPUs (accelerator: gpu) but this machine has {gpus.describe()}; "
+            f"{subject} on GPUs (accelerator: gpu) but this machine has {gpus.describe()}; "
             "use a CPU configuration (accelerator: cpu; the embedded default is one) or join a GPU cluster "
             "with --address"
         )

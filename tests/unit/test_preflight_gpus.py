@@ -44,6 +44,7 @@ NONE = GpuInventory(0, error="NVML unavailable: NVMLError_LibraryNotFound")
                                                         " are H200 (1 GPU (NVIDIA H200)), so Ray would never place it"),
     ({"a": _gpu_pool(tp=4, replicas=3)}, H100x8, "the GPU pools need 12 GPUs to start (a 4 x 3 replicas)"),
     ({"a": _gpu_pool(tp=4), "b": _gpu_pool(tp=4), "c": _gpu_pool(tp=1)}, H100x8, "need 9 GPUs to start"),
+    ({"a": _gpu_pool(), "b": _gpu_pool()}, NONE, "pools a, b run on GPUs (accelerator: gpu) but this machine has no GPU"),
 ])
 def test_check_gpus(pools, gpus, error):
     config = _config(**pools)
