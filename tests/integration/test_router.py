@@ -132,14 +132,20 @@ def test_budget_from_reasoning_effort_is_enforced(client):
 
 
 async def _slow_thinking(url, headers, started, stop):
+    """A long stream, issued again whenever one ends, so the pool stays full however fast
+    the engine runs (a slow machine takes long to fill the pool, and the first streams
+    could otherwise end just as the test sends its requests)."""
     body = {"model": "qwen3-thinking", "messages": [{"role": "user", "content": "write a long essay"}],
             "max_tokens": 1800, "stream": True, "ignore_eos": True}
     async with httpx.AsyncClient(timeout=300) as c:
-        async with c.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers) as r:
-            started.append(r.status_code)
-            async for _ in r.aiter_bytes():
-                if stop.is_set():
-                    return
+        while not stop.is_set():
+            async with c.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers) as r:
+                started.append(r.status_code)
+                async for _ in r.aiter_bytes():
+                    if stop.is_set():
+                        return
+            if r.status_code != 200:
+                await asyncio.sleep(0.2)
 
 
 def _pool_state(stack, pool):
@@ -157,14 +163,17 @@ def test_saturated_thinking_pool_downgrades_auto_and_429s_explicit(stack):
         tasks = [asyncio.create_task(_slow_thinking(stack.url, stack.headers(), started, stop)) for _ in range(capacity)]
         try:
             deadline = time.monotonic() + 120
-            while _pool_state(stack, "thinking")["in_flight"] < capacity:
-                assert time.monotonic() < deadline, "slow requests never filled the pool"
-                await asyncio.sleep(0.5)
             async with httpx.AsyncClient(base_url=stack.url, headers=stack.headers(), timeout=120) as c:
-                auto = await c.post("/v1/chat/completions", json={
-                    "model": "qwen3", "messages": [{"role": "user", "content": MATH}], "max_tokens": 4})
-                explicit = await c.post("/v1/chat/completions", json={
-                    "model": "qwen3-thinking", "messages": [{"role": "user", "content": CHAT}], "max_tokens": 4})
+                for _attempt in range(3):  # a slow stream may end between the check and the request
+                    while _pool_state(stack, "thinking")["in_flight"] < capacity:
+                        assert time.monotonic() < deadline, "slow requests never filled the pool"
+                        await asyncio.sleep(0.5)
+                    auto = await c.post("/v1/chat/completions", json={
+                        "model": "qwen3", "messages": [{"role": "user", "content": MATH}], "max_tokens": 4})
+                    explicit = await c.post("/v1/chat/completions", json={
+                        "model": "qwen3-thinking", "messages": [{"role": "user", "content": CHAT}], "max_tokens": 4})
+                    if explicit.status_code == 429:
+                        break
                 metrics = (await c.get("/metrics")).text
             return auto, explicit, metrics
         finally:

@@ -4,6 +4,7 @@ privacy (no prompt, completion or key in logs, metrics or error bodies)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -133,6 +134,19 @@ async def _burst(stack, key, bodies, stream=False):
         return await asyncio.gather(*(one(b) for b in bodies))
 
 
+async def _open_at_once(stack, key, bodies):
+    """Open every stream at once; once all have a status, read the refusals and hang up
+    on the rest (the streams are long, so none can end and free its slot meanwhile)."""
+    async with httpx.AsyncClient(base_url=stack.url, headers=stack.headers(key), timeout=120) as c:
+        async with contextlib.AsyncExitStack() as streams:
+            responses = await asyncio.gather(
+                *(streams.enter_async_context(c.stream("POST", "/v1/chat/completions", json=b)) for b in bodies))
+            for r in responses:
+                if r.status_code != 200:
+                    await r.aread()
+            return responses
+
+
 def _check_429(resp, code):
     err = _shape(resp, 429)
     assert err["type"] == "rate_limit_error" and err["code"] == code
@@ -168,18 +182,24 @@ def test_tpm_charged_at_admission_exactly(stack):
 
 
 def test_concurrency_cap_exact_and_released(stack):
-    """`conc`: 2 in flight. 6 slow streams at once: exactly 2 run, 4 get 429 at once."""
-    body = {"model": "qwen3-fast", "messages": USER, "max_tokens": 300, "stream": True, "ignore_eos": True}
+    """`conc`: 2 in flight. 6 long streams at once: exactly 2 run, 4 get 429 at once; the
+    slots are freed when the clients hang up."""
+    body = {"model": "qwen3-fast", "messages": USER, "max_tokens": 1500, "stream": True, "ignore_eos": True}
     t0 = time.monotonic()
-    responses = asyncio.run(_burst(stack, "conc", [body] * 6, stream=True))
+    responses = asyncio.run(_open_at_once(stack, "conc", [body] * 6))
     statuses = sorted(r.status_code for r in responses)
     print(f"\n[limits] concurrency=2, 6 streams: {statuses} in {time.monotonic() - t0:.1f}s")
     assert statuses == [200] * 2 + [429] * 4
     for r in responses:
         if r.status_code == 429:
             assert r.json()["error"]["code"] == "concurrency_limit_exceeded" and r.headers["retry-after"] == "1"
-    # The slots are free again.
-    again = asyncio.run(_burst(stack, "conc", [CHEAP] * 2))
+    # The slots are free again once the hung-up streams are released.
+    deadline = time.monotonic() + 30
+    while True:
+        again = asyncio.run(_burst(stack, "conc", [CHEAP] * 2))
+        if [r.status_code for r in again] == [200, 200] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert [r.status_code for r in again] == [200, 200]
 
 
