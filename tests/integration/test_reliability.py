@@ -154,6 +154,9 @@ def test_client_disconnect_aborts_and_frees_kv_cache(stack):
             scrapes.append(text.count("\n"))
             for p in pools:
                 seen_running[p] = max(seen_running[p], metric_sum(text, ENGINE_RUNNING, model_name=p))
+            # Parsing a large scrape holds the GIL: pause so the readers in this process keep
+            # pace with the engine (otherwise it finishes every stream before they hang up).
+            done.wait(1.0)
 
     async def run():
         stop = asyncio.Event()
