@@ -145,6 +145,53 @@ def median_rounds(rounds: List[Dict[str, Any]]) -> Dict[str, Dict[str, Dict[str,
     }
 
 
+def round_order(order: List[str], index: int) -> List[str]:
+    """Servers in the order round `index` (0-based) runs them: reversed every other round."""
+    return list(order) if index % 2 == 0 else list(reversed(order))
+
+
+PAIRED_FIGURES = ("tok_s", "ttft_p50", "itl_p50")
+
+
+def paired_ratios(rounds: List[Dict[str, Any]]) -> Dict[str, Dict[str, Dict[str, Dict[str, Any]]]]:
+    """server -> level -> figure -> {"median", "min", "max", "rounds"}: each round's ratio of
+    the server's figure to bare vLLM's from the same round, over the rounds that measured both."""
+    per: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
+    for rnd in rounds:
+        base = rnd.get(BASELINE, {}).get("levels", {})
+        for name, entry in rnd.items():
+            if name == BASELINE:
+                continue
+            for level, data in entry.get("levels", {}).items():
+                ref = base.get(level, {}).get("figures", {})
+                for fig in PAIRED_FIGURES:
+                    value, b = data["figures"].get(fig), ref.get(fig)
+                    if value is not None and b:
+                        per.setdefault(name, {}).setdefault(level, {}).setdefault(fig, []).append(value / b)
+    return {name: {level: {fig: {"median": statistics.median(vals), "min": min(vals), "max": max(vals),
+                                 "rounds": vals}
+                           for fig, vals in figs.items()}
+                   for level, figs in levels.items()}
+            for name, levels in per.items()}
+
+
+def format_paired(paired, order: List[str], levels: List[str]) -> str:
+    """Per-round ratios to bare vLLM: median (lowest-highest) over the rounds."""
+    names = {"tok_s": "out tok/s", "ttft_p50": "TTFT p50", "itl_p50": "ITL p50"}
+    head = f"| {'conc':>4} | {'server':<10} | {'rounds':>6} | " + " | ".join(f"{names[f]:>19}" for f in PAIRED_FIGURES) + " |"
+    lines = [head, "|" + "|".join("-" * len(part) for part in head[1:-1].split("|")) + "|"]
+    for level in levels:
+        for name in order:
+            figs = paired.get(name, {}).get(level)
+            if not figs:
+                continue
+            n = max(len(v["rounds"]) for v in figs.values())
+            cells = [(f"{figs[f]['median']:.2f}x ({figs[f]['min']:.2f}-{figs[f]['max']:.2f})" if f in figs else "-")
+                     for f in PAIRED_FIGURES]
+            lines.append(f"| {level:>4} | {name:<10} | {n:>6} | " + " | ".join(f"{c:>19}" for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def ratios(med: Dict[str, Dict[str, Dict[str, Optional[float]]]]) -> Dict[str, Dict[str, Dict[str, Optional[float]]]]:
     """Each figure of each other server as a ratio to the baseline (TTFT also as a difference, ms)."""
     base = med.get(BASELINE, {})
@@ -256,7 +303,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for i in range(args.rounds):
             rnd: Dict[str, Any] = {}
             rounds.append(rnd)
-            for name in order:
+            for name in round_order(order, i):
                 try:
                     rnd[name] = bench_server(name, args, spec, out / f"round{i + 1}")
                 except Exception as err:  # noqa: BLE001 - one server failing still reports the others
@@ -280,6 +327,10 @@ def write_results(out: Path, args: argparse.Namespace, argv: Optional[List[str]]
     rat = ratios(med)
     levels = [str(c) for c in args.concurrency]
     table = format_table(med, rat, order, levels)
+    paired = paired_ratios(rounds)
+    if len(rounds) > 1 and paired:
+        table += ("\n\nEach round's ratio to bare vLLM from the same round: median (lowest-highest)\n"
+                  + format_paired(paired, order, levels))
     load_after = os.getloadavg()
     doc = {
         "command": "python -m loadtest.compare " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -289,7 +340,8 @@ def write_results(out: Path, args: argparse.Namespace, argv: Optional[List[str]]
                      "requests": {str(c): args.requests or default_requests(c) for c in args.concurrency}},
         "environment": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine(),
                         "loadavg_before": load_before, "loadavg_after": load_after, **servers.versions()},
-        "variants": args.variants, "median": med, "ratio_to_vllm": rat, "rounds": rounds, "table": table,
+        "variants": args.variants, "median": med, "ratio_to_vllm": rat, "ratio_per_round": paired,
+        "rounds": rounds, "table": table,
     }
     (out / "result.json").write_text(json.dumps(doc, indent=2, default=str))
     return table, load_after

@@ -47,6 +47,29 @@ def test_medians_and_ratios_to_bare_vllm():
     assert "0.99x" in table and "+5ms" in table and table.count("\n") == 4
 
 
+def test_rounds_alternate_order_and_pair_ratios_within_a_round():
+    assert compare.round_order(["vllm", "rayllm", "qwen-serve"], 0) == ["vllm", "rayllm", "qwen-serve"]
+    assert compare.round_order(["vllm", "rayllm", "qwen-serve"], 1) == ["qwen-serve", "rayllm", "vllm"]
+    assert compare.round_order(["vllm", "qwen-serve"], 2) == ["vllm", "qwen-serve"]
+
+    def entry(tok_s, ttft):
+        return {"levels": {"8": {"figures": compare.figures(summary(tok_s, ttft), [rec(10, 10)])}}}
+
+    # The machine slowed down in round 2: both servers dropped, the pair's ratio did not.
+    rounds = [{"vllm": entry(1000, 20), "qwen-serve": entry(960, 25)},
+              {"vllm": entry(500, 40), "qwen-serve": entry(490, 42)},
+              {"vllm": entry(1000, 20), "qwen-serve": entry(900, 30)},
+              {"vllm": {"levels": {}, "error": "failed"}, "qwen-serve": entry(2000, 10)}]
+    paired = compare.paired_ratios(rounds)
+    tok = paired["qwen-serve"]["8"]["tok_s"]
+    assert tok["rounds"] == [0.96, 0.98, 0.9]  # the round without a baseline is left out
+    assert tok["median"] == 0.96 and tok["min"] == 0.9 and tok["max"] == 0.98
+    assert paired["qwen-serve"]["8"]["ttft_p50"]["median"] == 1.25
+    assert "vllm" not in paired
+    table = compare.format_paired(paired, ["vllm", "qwen-serve"], ["8"])
+    assert "0.96x (0.90-0.98)" in table and "|      3 |" in table and table.count("\n") == 2
+
+
 def test_vllm_cli_args():
     args = bench_serving.vllm_cli_args({"max_model_len": 2048, "enforce_eager": True, "enable_prefix_caching": False,
                                         "override_generation_config": {"a": 1}})
