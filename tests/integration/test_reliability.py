@@ -170,8 +170,8 @@ def test_client_disconnect_aborts_and_frees_kv_cache(stack):
                 deadline = time.monotonic() + 60
                 while time.monotonic() < deadline and not (len(per_stream) == len(tasks) and min(x[0] for x in per_stream) >= 10):
                     await asyncio.sleep(0.1)
-                # A short look at the gauges (reported only): every second the engine runs ahead
-                # of these readers (sockets buffer hundreds of chunks) eats into the margin below.
+                # A short look at the gauges (reported only), then hang up while most of each
+                # stream is still to be generated: the engine runs ahead of these readers.
                 look_until = time.monotonic() + 2
                 while time.monotonic() < look_until and not all(seen_running[p] >= 1 for p in pools):
                     await asyncio.sleep(0.1)
