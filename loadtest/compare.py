@@ -145,6 +145,11 @@ def median_rounds(rounds: List[Dict[str, Any]]) -> Dict[str, Dict[str, Dict[str,
     }
 
 
+def _rule(head: str) -> str:
+    """The markdown rule under a table's header row, each cell as wide as the header's."""
+    return "|" + "|".join("-" * len(part) for part in head[1:-1].split("|")) + "|"
+
+
 def round_order(order: List[str], index: int) -> List[str]:
     """Servers in the order round `index` (0-based) runs them: reversed every other round."""
     return list(order) if index % 2 == 0 else list(reversed(order))
@@ -179,7 +184,7 @@ def format_paired(paired, order: List[str], levels: List[str]) -> str:
     """Per-round ratios to bare vLLM: median (lowest-highest) over the rounds."""
     names = {"tok_s": "out tok/s", "ttft_p50": "TTFT p50", "itl_p50": "ITL p50"}
     head = f"| {'conc':>4} | {'server':<10} | {'rounds':>6} | " + " | ".join(f"{names[f]:>19}" for f in PAIRED_FIGURES) + " |"
-    lines = [head, "|" + "|".join("-" * len(part) for part in head[1:-1].split("|")) + "|"]
+    lines = [head, _rule(head)]
     for level in levels:
         for name in order:
             figs = paired.get(name, {}).get(level)
@@ -216,7 +221,7 @@ def format_table(med, rat, order: List[str], levels: List[str]) -> str:
             ("ttft_p99", "TTFT p99", "{:.1f}"), ("tpot_p50", "TPOT p50", "{:.2f}"), ("itl_p50", "ITL p50", "{:.2f}"),
             ("tok_per_chunk", "tok/arrival", "{:.2f}")]
     head = f"| {'conc':>4} | {'server':<10} | " + " | ".join(f"{c[1]:>10}" for c in cols) + " |"
-    lines = [head, "|" + "|".join("-" * len(part) for part in head[1:-1].split("|")) + "|"]
+    lines = [head, _rule(head)]
     for level in levels:
         for name in order:
             figs = med.get(name, {}).get(level)
