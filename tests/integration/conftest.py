@@ -63,6 +63,11 @@ class Stack:
         return match.group(1)
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that stop the shared stack run after every other test (stable order otherwise)."""
+    items.sort(key=lambda item: item.get_closest_marker("ends_stack") is not None)
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is not None:
         return

@@ -1,0 +1,125 @@
+"""Graceful shutdown: SIGTERM to `qwen-serve up` (what Kubernetes and Ctrl-C send) while
+streams run on both pools. Every stream already accepted runs to its end with `[DONE]`;
+a request sent during the shutdown is answered or cleanly refused, never a 500 or a hang;
+the launcher exits 0.
+
+This stops the shared stack, so it runs after every other test that uses it
+(`ends_stack` marker, ordered last by conftest.py). The stack fixture's teardown then only
+checks the exit.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from typing import Any, Dict, List
+
+import httpx
+import pytest
+import yaml
+
+from stackprobe import wait_ready
+
+pytestmark = [pytest.mark.stack, pytest.mark.ends_stack]
+
+STREAMS = {"thinking": 2, "fast": 3}
+# All start together and the signal comes once each has sent a chunk (the thinking pool's
+# first one came 5.5 s in, the fast pool's 1.8 s in). Long enough that every stream is
+# still running then, short enough to end well inside the stack's
+# graceful_shutdown_timeout_s (30 s): here they all ended 7 s after the signal.
+MAX_TOKENS = 300
+
+
+def _read_stream(url: str, headers: Dict[str, str], pool: str, out: Dict[str, Any], times: List[float]) -> None:
+    body = {"model": f"qwen3-{pool}", "messages": [{"role": "user", "content": "Tell a story."}],
+            "max_tokens": MAX_TOKENS, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}}
+    out.update(pool=pool, chunks=0, done=False, finish=None, usage=None, error=None, status=None)
+    try:
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers, timeout=60) as r:
+            out["status"] = r.status_code
+            for line in r.iter_lines():
+                if line == "data: [DONE]":
+                    out["done"] = True
+                elif line.startswith("data: {"):
+                    event = json.loads(line[6:])
+                    if "error" in event:
+                        out["error"] = event["error"]
+                    for choice in event.get("choices") or []:
+                        delta = choice.get("delta") or {}
+                        if delta.get("content") or delta.get("reasoning") or delta.get("reasoning_content"):  # thinking: reasoning first
+                            out["chunks"] += 1
+                            times.append(time.monotonic())
+                        out["finish"] = choice.get("finish_reason") or out["finish"]
+                    out["usage"] = event.get("usage") or out["usage"]
+    except httpx.HTTPError as err:
+        out["error"] = f"{type(err).__name__}: {err}"
+
+
+def _probe_during_shutdown(url: str, headers: Dict[str, str], stop: threading.Event, seen: List[Any]) -> None:
+    """New requests while the stack shuts down: each is answered (200) or refused cleanly."""
+    body = {"model": "qwen3-fast", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    while not stop.is_set():
+        try:
+            r = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+            shape_ok = r.status_code == 200 or set(r.json().get("error", {})) >= {"message", "type", "code"}
+            seen.append((r.status_code, shape_ok))
+        except httpx.ConnectError:
+            seen.append(("refused", True))
+            return  # the listener is gone: nothing more can be accepted
+        except httpx.HTTPError as err:
+            seen.append((type(err).__name__, False))
+        time.sleep(0.3)
+
+
+def test_sigterm_lets_in_flight_streams_finish(stack):
+    wait_ready(stack.url, 300)
+    results: List[Dict[str, Any]] = [{} for _ in range(sum(STREAMS.values()))]
+    times: List[List[float]] = [[] for _ in results]
+    pools = [p for p, n in STREAMS.items() for _ in range(n)]
+    readers = [threading.Thread(target=_read_stream, args=(stack.url, stack.headers(), p, out, ts), daemon=True)
+               for p, out, ts in zip(pools, results, times)]
+    t_start = time.monotonic()
+    for t in readers:
+        t.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not all(r.get("chunks", 0) >= 1 for r in results):
+        time.sleep(0.05)
+    spans = [(round(ts[0] - t_start, 1), round(ts[-1] - t_start, 1)) if ts else None for ts in times]
+    print(f"\n[shutdown] first/last chunk so far (s after start) {spans}")
+    assert all(r.get("chunks", 0) >= 1 for r in results), f"streams did not start: {results}"
+
+    signalled = time.monotonic()
+    stack.proc.send_signal(signal.SIGTERM)
+    stop, probes = threading.Event(), []
+    prober = threading.Thread(target=_probe_during_shutdown, args=(stack.url, stack.headers(), stop, probes), daemon=True)
+    prober.start()
+    for t in readers:
+        t.join(timeout=90)
+    stop.set()
+    prober.join(timeout=60)
+    exit_code = stack.proc.wait(timeout=120)
+    stopped = time.monotonic() - signalled
+
+    after_signal = [sum(1 for t in ts if t > signalled) for ts in times]
+    ended = [round(ts[-1] - signalled, 1) if ts else None for ts in times]
+    grace = yaml.safe_load(stack.config_path.read_text())["server"]["graceful_shutdown_timeout_s"]
+    print(f"\n[shutdown] SIGTERM with {len(results)} streams running ({STREAMS}, {MAX_TOKENS} tokens each): "
+          f"chunks received after the signal {after_signal}, last one at {ended} s; finish {[r['finish'] for r in results]}; "
+          f"[DONE] {[r['done'] for r in results]}; requests during the shutdown {probes}; "
+          f"launcher exited {exit_code} after {stopped:.1f}s")
+    assert not any(t.is_alive() for t in readers), "a stream hung during the shutdown"
+    for r in results:
+        assert r["status"] == 200 and r["error"] is None, r
+        assert r["done"] and r["finish"] == "length", f"{r['pool']}: stream cut by the shutdown: {r}"
+        assert r["usage"] and r["usage"]["completion_tokens"] == MAX_TOKENS, r["usage"]
+    # Every stream was still running when the signal came: the shutdown waited for them.
+    assert all(n > 0 for n in after_signal), f"a stream ended before the signal; it tested no draining: {after_signal}"
+    assert max(ended) < grace
+    assert all(ok for _, ok in probes), f"a request during the shutdown got no clean answer: {probes}"
+    assert not any(code == 500 for code, _ in probes), probes
+    assert exit_code == 0
+    log = stack.log_text()
+    assert "qwen-serve: shutting down" in log and "qwen-serve: stopped" in log
