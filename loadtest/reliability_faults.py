@@ -129,6 +129,7 @@ def kill_replica_under_load(url: str, headers: Dict[str, str], pid: int, concurr
         cores_after = engine_cores(pid)
     return {**tally.summary(), "target": target, "killed_pid": killed.get("pid"),
             "probes_while_down": probes.summary(), "ready_codes": dict(ready_codes),
+            "slowest_refusal_while_down_s": max((o.seconds for o in probes.outcomes if o.kind == "error"), default=None),
             "engine_cores_before": cores_before, "engine_cores_after": cores_after,
             "recovered_s": (recovered_at - killed["at"]) if recovered_at and "at" in killed else None,
             "after_restart_ok": after_ok, "ready_after": ready is not None, "wall_s": time.monotonic() - t0,

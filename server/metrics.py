@@ -31,7 +31,7 @@ MODES = ("thinking", "fast")
 ROUTE_REASONS = ("enable_thinking", "reasoning_effort", "soft_switch", "alias", "pool", "auto", "default",
                  "downgrade_fast", "downgrade_budget")
 DOWNGRADE_REASONS = ("downgrade_fast", "downgrade_budget")
-REJECTION_REASONS = ("auth", "rate_limit", "queue_full", "bad_request")
+REJECTION_REASONS = ("auth", "rate_limit", "queue_full", "pool_unavailable", "bad_request")
 POOL_STATUSES = ("healthy", "degraded", "unhealthy")
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -61,7 +61,7 @@ class ServeMetrics:
         self.route_decisions = Counter(f"{p}_route_decisions", "Mode decisions by mode and reason.", ["mode", "reason"], registry=r)
         self.downgrades = Counter(f"{p}_downgrades", "Auto requests downgraded because the thinking pool was saturated, by that pool.", ["pool", "reason"], registry=r)
         self.rejections = Counter(
-            f"{p}_rejections", "Requests refused without an answer, by reason (auth, rate_limit, queue_full, bad_request, ...).",
+            f"{p}_rejections", "Requests refused without an answer, by reason (auth, rate_limit, queue_full, pool_unavailable, bad_request, ...).",
             ["reason"], registry=r,
         )
         self.e2e = Histogram(f"{p}_request_duration_seconds", "End-to-end request latency at the router.", ["pool", "mode"], buckets=LATENCY_BUCKETS, registry=r)

@@ -7,9 +7,11 @@ build it with a fake backend and the Ray ingress builds it with real pool handle
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
-from typing import Any, Dict, Optional
+from typing import Any, AsyncIterator, Dict, Optional
 
 import orjson
 from fastapi import FastAPI, Request
@@ -47,6 +49,15 @@ def pool_limits(config: AppConfig) -> Dict[str, PoolLimits]:
         )
         for name, pool in config.pools.items()
     }
+
+
+def _rejection(decision: Decision, headers: Dict[str, str]) -> APIError:
+    retry = {**headers, "Retry-After": str(decision.retry_after_s)}
+    if decision.reject_status == 503:
+        return APIError(503, f"Service unavailable: {decision.reject}; retry after {decision.retry_after_s}s",
+                        code="pool_unavailable", headers=retry, reason="pool_unavailable")
+    return APIError(429, f"Too many requests: {decision.reject}; retry after {decision.retry_after_s}s",
+                    code="pool_at_capacity", headers=retry, reason="queue_full")
 
 
 class Ingress:
@@ -102,10 +113,7 @@ class Ingress:
             if decision.thinking_budget is not None:
                 headers["x-route-thinking-budget"] = str(decision.thinking_budget)
             if decision.reject:
-                raise APIError(
-                    429, f"Too many requests: {decision.reject}; retry after {decision.retry_after_s}s",
-                    code="pool_at_capacity", headers={**headers, "Retry-After": str(decision.retry_after_s)}, reason="queue_full",
-                )
+                raise _rejection(decision, headers)
             rewritten, strip_usage = req.apply_decision(kind, body, decision, self.hybrid.get(decision.pool, False))
             engine_request = req.validate(kind, rewritten)
             if self.prompt_counter is not None:
@@ -170,6 +178,7 @@ class Ingress:
             "signals": list(decision.signals),
             "thinking_token_budget": decision.thinking_budget,
             "rejected": decision.reject,
+            "rejected_status": decision.reject_status if decision.reject else None,
         }
 
     def models(self) -> Dict[str, Any]:
@@ -192,7 +201,18 @@ def create_app(config: AppConfig, backend: PoolBackend, metrics: Optional[ServeM
     tracker = LoadTracker(limits, ttft_window=config.router.load.ttft_window)
     metrics.set_pool_limits(limits)
     ingress = Ingress(config, backend, metrics, tracker)
-    app = FastAPI(title="qwen-serve", version="0.1.0", docs_url=None, redoc_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        interval = config.router.load.health_check_interval_s
+        checker = asyncio.create_task(ingress.health.run(interval)) if interval > 0 else None
+        try:
+            yield
+        finally:
+            if checker is not None:
+                checker.cancel()
+
+    app = FastAPI(title="qwen-serve", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.ingress = ingress
     install_error_handlers(app)
     ingress.auth.install(app, metrics_public=not config.metrics.require_auth, rejections=metrics.rejections)

@@ -4,6 +4,7 @@ unhealthy (no replica answers a health check), each with its reason."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, Dict, Optional
 
@@ -14,6 +15,8 @@ from server.routing.load import LoadTracker
 
 CHECK_TIMEOUT_S = 5.0
 CACHE_S = 1.0
+
+logger = logging.getLogger("qwen_serve.health")
 
 
 def classify(answered: bool, error: str, in_flight: int, slots: int, queue_limit: int,
@@ -83,6 +86,25 @@ class HealthChecker:
             self._cached = {"status": overall, "pools": pools}
             self._cached_at = time.monotonic()
             return self._cached
+
+    async def run(self, interval_s: float) -> None:
+        """Check every pool every `interval_s` until cancelled (started by the app's lifespan),
+        so the router stops sending requests to a pool that does not answer, and resumes
+        when it answers again, without waiting for someone to call /health."""
+        unhealthy: frozenset = frozenset()
+        while True:
+            try:
+                report = await self.report()
+                now = frozenset(n for n, p in report["pools"].items() if p["status"] == "unhealthy")
+                for name in sorted(now - unhealthy):
+                    logger.warning("pool %s is unhealthy (%s); it takes no new requests until it answers",
+                                   name, report["pools"][name]["reason"])
+                for name in sorted(unhealthy - now):
+                    logger.warning("pool %s answers again; it takes requests", name)
+                unhealthy = now
+            except Exception:  # noqa: BLE001 - the loop outlives any one failed round
+                logger.exception("pool health check round failed")
+            await asyncio.sleep(interval_s)
 
     async def refresh(self, wait_s: float) -> None:
         """Refresh the health gauges for a scrape, waiting at most `wait_s`: a slow check

@@ -8,10 +8,14 @@ Precedence, strongest first:
 Load: an auto request bound for a saturated thinking pool is downgraded (to fast mode or
 a smaller budget, per config) and says so; an explicit request is never downgraded and is
 rejected with 429 when its pool is full.
+Health: a pool whose last health check failed takes no new requests. An auto request bound
+for an unhealthy thinking pool goes to the fast pool (when downgrades go to fast); any
+other request for an unhealthy pool is rejected with 503.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 from typing import Dict, Mapping, Optional, Tuple
@@ -66,7 +70,8 @@ class Decision:
     downgraded: bool = False
     score: Optional[float] = None
     signals: Tuple[str, ...] = ()
-    reject: Optional[str] = None  # set when the request must be refused (429)
+    reject: Optional[str] = None  # set when the request must be refused
+    reject_status: int = 429  # 429: the pool is full; 503: the pool is unhealthy
     retry_after_s: Optional[int] = None
     extra: Dict[str, object] = field(default_factory=dict)
 
@@ -176,9 +181,31 @@ def decide(
     return _apply_load(decision, cfg, load)
 
 
+def _unavailable_retry_s(cfg: RouterConfig) -> int:
+    """Health changes at the next check at the earliest: retry no sooner than that."""
+    return max(cfg.load.retry_after_s, math.ceil(cfg.load.health_check_interval_s))
+
+
+def _apply_health(d: Decision, cfg: RouterConfig, load: Mapping[str, PoolLoad]) -> Decision:
+    fast_pool = cfg.modes["fast"].pool
+    fast_load = load.get(fast_pool, PoolLoad())
+    can_reroute = (not d.explicit and d.mode == "thinking" and cfg.load.downgrade == "fast"
+                   and fast_pool != d.pool and fast_load.healthy)
+    if can_reroute and not fast_load.full:
+        return _replace(
+            d, mode="fast", pool=fast_pool, reason="downgrade_fast", thinking_budget=None, downgraded=True,
+            detail=d.detail + "; thinking pool unhealthy -> fast",
+        )
+    why = "thinking pool is unhealthy and the fast pool is at capacity" if can_reroute else (
+        f"pool {d.pool} is unhealthy (no replica answered the router's last health check)")
+    return _replace(d, reject=why, reject_status=429 if can_reroute else 503, retry_after_s=_unavailable_retry_s(cfg))
+
+
 def _apply_load(d: Decision, cfg: RouterConfig, load: Mapping[str, PoolLoad]) -> Decision:
     lc = cfg.load
     pool_load = load.get(d.pool, PoolLoad())
+    if not pool_load.healthy:
+        return _apply_health(d, cfg, load)
     if d.explicit or d.mode != "thinking" or lc.downgrade == "off":
         if pool_load.full:
             return _replace(d, reject=f"pool {d.pool} is at capacity", retry_after_s=lc.retry_after_s)
@@ -196,6 +223,10 @@ def _apply_load(d: Decision, cfg: RouterConfig, load: Mapping[str, PoolLoad]) ->
         )
     fast_pool = cfg.modes["fast"].pool
     fast_load = load.get(fast_pool, PoolLoad())
+    if not fast_load.healthy:  # never downgrade onto a pool that does not answer
+        if pool_load.full:
+            return _replace(d, reject=f"pool {d.pool} is at capacity", retry_after_s=lc.retry_after_s)
+        return d
     if fast_load.full:
         return _replace(d, reject="thinking and fast pools are at capacity", retry_after_s=lc.retry_after_s)
     return _replace(

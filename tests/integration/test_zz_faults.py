@@ -21,7 +21,8 @@ def test_kill_under_load_loses_nothing_and_recovers(stack, target):
                                 kill_at_s=6, recover_s=300, target=target)
     print(f"\n[fault:{target}] SIGKILL pid {r['killed_pid']} under load: sent {r['sent']}, ok {r['ok']}, "
           f"clean errors {r['clean_errors']} (statuses {r['error_statuses']}), lost {r['lost']}; "
-          f"/ready while down {r['ready_codes']}; probes while down {r['probes_while_down']['by_status']}; "
+          f"/ready while down {r['ready_codes']}; probes while down {r['probes_while_down']['by_status']} "
+          f"(slowest refusal {r['slowest_refusal_while_down_s']}s); "
           f"first success {r['recovered_s'] and round(r['recovered_s'])}s after the kill; "
           f"after restart {r['after_restart_ok']}/5 ok; ready at end {r['ready_after']}; engine-core processes "
           f"{r['engine_cores_before']} -> {r['engine_cores_after']}")
@@ -34,3 +35,8 @@ def test_kill_under_load_loses_nothing_and_recovers(stack, target):
     # Clean errors only: 503 (engine gone), 504 (deadline while waiting for the new
     # replica), or 200 with an SSE error frame + [DONE] for a stream cut mid-way.
     assert set(r["error_statuses"]) <= {200, 502, 503, 504}, r["error_statuses"]
+    # While the pool is down the router knows it from its background health checks: a new
+    # request is refused at once (503 pool_unavailable), not parked until its deadline.
+    down = r["probes_while_down"]["by_status"]
+    assert down.get("error:503", 0) >= 1 and set(down) <= {"error:503", "ok:200"}, down
+    assert r["slowest_refusal_while_down_s"] < 5, r["slowest_refusal_while_down_s"]

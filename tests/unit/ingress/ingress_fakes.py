@@ -67,6 +67,8 @@ class FakeBackend:
         self.calls: List[Dict[str, Any]] = []
         self.streams: List[FakeStream] = []
         self.healthy = True
+        self.down: set = set()  # pools whose health check fails
+        self.checks = 0
 
     def call(self, kind: str, pool: str, request: Any) -> FakeStream:
         self.calls.append({"kind": kind, "pool": pool, "request": request})
@@ -75,7 +77,8 @@ class FakeBackend:
         return stream
 
     async def check(self, pool: str, timeout_s: float) -> None:
-        if not self.healthy:
+        self.checks += 1
+        if not self.healthy or pool in self.down:
             raise RuntimeError("replica down")
 
 

@@ -137,3 +137,58 @@ def test_fast_request_rejected_only_when_fast_full():
 ])
 def test_soft_switch(text, expected):
     assert soft_switch(text) is expected
+
+
+SICK_THINKING = {"big": PoolLoad(0, 8, 8, healthy=False), "small": PoolLoad(0, 8, 8)}
+SICK_FAST = {"big": PoolLoad(0, 8, 8), "small": PoolLoad(0, 8, 8, healthy=False)}
+
+
+def _with_load(**changes):
+    return CFG.model_copy(update={"load": CFG.load.model_copy(update=changes)})
+
+
+HEALTH = [
+    # (case, config, signals, load, (pool, reason, reject_status or None))
+    ("auto thinking -> fast while thinking is unhealthy", CFG, sig(text=MATH), SICK_THINKING, ("small", "downgrade_fast", None)),
+    ("explicit thinking -> 503", CFG, sig(model="qwen3-thinking"), SICK_THINKING, ("big", "alias", 503)),
+    ("enable_thinking -> 503", CFG, sig(enable_thinking=True), SICK_THINKING, ("big", "enable_thinking", 503)),
+    ("pool name -> 503", CFG, sig(model="big"), SICK_THINKING, ("big", "pool", 503)),
+    ("fast request unaffected", CFG, sig(model="qwen3-fast"), SICK_THINKING, ("small", "alias", None)),
+    ("downgrade off -> 503", _with_load(downgrade="off"), sig(text=MATH), SICK_THINKING, ("big", "auto", 503)),
+    ("downgrade budget -> 503", _with_load(downgrade="budget"), sig(text=MATH), SICK_THINKING, ("big", "auto", 503)),
+    ("rerouting needs room on the fast pool: 429", CFG, sig(text=MATH), {**SICK_THINKING, "small": PoolLoad(16, 8, 8)},
+     ("big", "auto", 429)),
+    ("fast unhealthy: auto chat -> 503", CFG, sig(text=CHAT), SICK_FAST, ("small", "auto", 503)),
+    ("fast unhealthy: explicit fast -> 503", CFG, sig(model="qwen3-fast"), SICK_FAST, ("small", "alias", 503)),
+    ("fast unhealthy: saturated thinking is not downgraded onto it", CFG, sig(text=MATH),
+     {"big": PoolLoad(8, 8, 8), "small": PoolLoad(0, 8, 8, healthy=False)}, ("big", "auto", None)),
+    ("fast unhealthy: full thinking -> 429", CFG, sig(text=MATH),
+     {"big": PoolLoad(16, 8, 8), "small": PoolLoad(0, 8, 8, healthy=False)}, ("big", "auto", 429)),
+]
+
+
+@pytest.mark.parametrize("case,cfg,signals,load,expected", HEALTH, ids=[h[0] for h in HEALTH])
+def test_unhealthy_pools_take_no_requests(case, cfg, signals, load, expected):
+    d = decide(signals, cfg, POOLS, load)
+    pool, reason, status = expected
+    assert (d.pool, d.reason) == (pool, reason), d.detail
+    if status is None:
+        assert d.reject is None
+    else:
+        assert d.reject and d.reject_status == status and d.retry_after_s >= cfg.load.retry_after_s
+    if reason == "downgrade_fast":
+        assert d.downgraded and d.mode == "fast" and d.thinking_budget is None and "unhealthy" in d.detail
+
+
+def test_unavailable_retry_after_waits_for_the_next_check():
+    d = decide(sig(model="qwen3-thinking"), _with_load(retry_after_s=2, health_check_interval_s=7.5), POOLS, SICK_THINKING)
+    assert d.retry_after_s == 8
+    assert "unhealthy" in d.reject
+
+
+def test_hybrid_pool_unhealthy_rejects_both_modes():
+    cfg = RouterConfig.model_validate({"modes": {"thinking": {"pool": "big"}, "fast": {"pool": "big"}}})
+    load = {"big": PoolLoad(0, 8, 8, healthy=False)}
+    for signals in (sig(text=MATH), sig(text=CHAT), sig(model="qwen3-fast")):
+        d = decide(signals, cfg, {"big": object()}, load)
+        assert d.reject_status == 503 and d.pool == "big"

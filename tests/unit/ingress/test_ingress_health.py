@@ -1,0 +1,78 @@
+"""The router's background health checks: a pool that does not answer takes no new
+requests (auto thinking requests go to the fast pool, the rest get 503 at once) until it
+answers again. Real FastAPI app and lifespan over the fake backend."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi.testclient import TestClient
+
+from ingress_fakes import FakeBackend, bearer, default_factory, make_config
+from server.ingress.api import create_app
+
+MATH = "Prove that the square root of 2 is irrational, step by step."
+
+
+def _chat(model: str, text: str = "hi") -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 4}
+
+
+def _poll(check, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _pool_status(client: TestClient, pool: str) -> str:
+    return client.get("/health", params={"verbose": 1}).json()["pools"][pool]["status"]
+
+
+def test_unhealthy_pool_takes_no_requests_until_it_answers(keys_env):
+    backend = FakeBackend(default_factory)
+    backend.down = {"thinking"}
+    app = create_app(make_config(router__load__health_check_interval_s=0.1), backend)
+    with TestClient(app, raise_server_exceptions=False) as client:  # runs the lifespan: the checker starts
+        assert _poll(lambda: backend.checks >= 2), "the background checker never ran"
+        assert _pool_status(client, "thinking") == "unhealthy"
+
+        refused = client.post("/v1/chat/completions", json=_chat("qwen3-thinking"), headers=bearer())
+        assert refused.status_code == 503
+        err = refused.json()["error"]
+        assert err["code"] == "pool_unavailable" and set(err) == {"message", "type", "param", "code"}
+        assert "thinking is unhealthy" in err["message"]
+        assert refused.headers["Retry-After"] == "2" and refused.headers["x-route-pool"] == "thinking"
+
+        rerouted = client.post("/v1/chat/completions", json=_chat("qwen3", MATH), headers=bearer())
+        assert rerouted.status_code == 200
+        assert (rerouted.headers["x-route-pool"], rerouted.headers["x-route-reason"]) == ("fast", "downgrade_fast")
+        assert client.post("/v1/chat/completions", json=_chat("qwen3-fast"), headers=bearer()).status_code == 200
+        assert all(c["pool"] == "fast" for c in backend.calls), "a request reached the unhealthy pool"
+
+        explained = client.post("/v1/route/explain", json=_chat("qwen3-thinking"), headers=bearer()).json()
+        assert explained["rejected_status"] == 503 and "unhealthy" in explained["rejected"]
+
+        metrics = client.get("/metrics", headers=bearer()).text
+        assert 'qwen_serve_rejections_total{reason="pool_unavailable"} 1.0' in metrics
+
+        backend.down = set()  # the replica is back: the next check lets requests through again
+        assert _poll(lambda: client.post("/v1/chat/completions", json=_chat("qwen3-thinking"),
+                                         headers=bearer()).status_code == 200)
+        assert backend.calls[-1]["pool"] == "thinking"
+
+
+def test_interval_zero_checks_only_on_demand(keys_env):
+    backend = FakeBackend(default_factory)
+    backend.down = {"thinking"}
+    app = create_app(make_config(router__load__health_check_interval_s=0), backend)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        time.sleep(0.3)
+        assert backend.checks == 0
+        # Nobody asked yet, so the pool still counts as healthy and gets the request.
+        assert client.post("/v1/chat/completions", json=_chat("qwen3-thinking"), headers=bearer()).status_code == 200
+        assert _pool_status(client, "thinking") == "unhealthy"  # a /health call checks...
+        refused = client.post("/v1/chat/completions", json=_chat("qwen3-thinking"), headers=bearer())
+        assert refused.status_code == 503  # ...and the router acts on what it found
