@@ -197,10 +197,29 @@ class Launcher:
             _say("qwen-serve: shutting down (in-flight requests get up to "
                  f"{self.config.server.graceful_shutdown_timeout_s:g}s to finish)")
             try:
+                self._drain()
                 serve.shutdown()
             finally:
                 ray.shutdown()
             _say("qwen-serve: stopped")
+
+    def _drain(self) -> None:
+        """Delete the app and wait while its replicas finish their requests.
+
+        `serve.shutdown()` alone gives Serve's controller 30 s and then kills everything, so
+        a longer graceful_shutdown_timeout_s would be cut short; deleting the app first lets
+        every replica use its full grace period (it stops taking requests at once).
+        """
+        from ray import serve
+
+        grace = self.config.server.graceful_shutdown_timeout_s
+        try:
+            serve.delete(APP_NAME, _blocking=False)
+            deadline = time.monotonic() + grace + 15  # replicas are killed at `grace`; then a margin
+            while time.monotonic() < deadline and APP_NAME in serve.status().applications:
+                time.sleep(0.5)
+        except Exception as err:  # noqa: BLE001 - serve.shutdown() below still stops everything
+            _say(f"  could not drain the app ({type(err).__name__}); stopping it now")
 
     def _deploy(self, app: Any) -> None:
         from ray import serve
