@@ -231,17 +231,18 @@ class Launcher:
 
     def _wait_http(self, started: float) -> bool:
         """The router answers on the URL we print (a direct-ingress replica binds its port
-        just after its deployment reports RUNNING)."""
+        just after its deployment reports RUNNING) and its health check reaches every pool
+        (until then it refuses requests for a pool with 503 pool_unavailable)."""
         deadline = max(started + self.config.server.startup_timeout_s, time.monotonic() + 30)
         while time.monotonic() < deadline and not self._stop.is_set():
             try:
-                with urllib.request.urlopen(f"{self.url()}/health", timeout=5) as resp:
+                with urllib.request.urlopen(f"{self.url()}/ready", timeout=10) as resp:
                     if resp.status == 200:
                         return True
             except Exception:  # noqa: BLE001 - not listening yet
                 pass
             time.sleep(0.5)
-        print(f"error: the router does not answer at {self.url()}/health", file=sys.stderr)
+        print(f"error: the router is not ready at {self.url()}/ready", file=sys.stderr)
         return False
 
     def _wait_ready(self, started: float) -> bool:

@@ -15,6 +15,7 @@ from server.routing.load import LoadTracker
 
 CHECK_TIMEOUT_S = 5.0
 CACHE_S = 1.0
+RECHECK_UNHEALTHY_S = 1.0
 
 logger = logging.getLogger("qwen_serve.health")
 
@@ -104,7 +105,9 @@ class HealthChecker:
                 unhealthy = now
             except Exception:  # noqa: BLE001 - the loop outlives any one failed round
                 logger.exception("pool health check round failed")
-            await asyncio.sleep(interval_s)
+            # While a pool is down, check again soon: its replacement (or, at start-up, the
+            # pool itself) takes requests as soon as a check reaches it.
+            await asyncio.sleep(min(interval_s, RECHECK_UNHEALTHY_S) if unhealthy else interval_s)
 
     async def refresh(self, wait_s: float) -> None:
         """Refresh the health gauges for a scrape, waiting at most `wait_s`: a slow check

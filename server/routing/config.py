@@ -82,13 +82,16 @@ class LoadConfig(_Strict):
         "fast", description="What auto requests get when the thinking pool is saturated: fast mode, a smaller budget, or nothing."
     )
     downgrade_budget: int = Field(128, ge=1, description="thinking_token_budget used when downgrade is `budget`.")
-    retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 429 when an explicit request's pool is full.")
+    retry_after_s: int = Field(
+        2, ge=1, description="Retry-After sent with 429 when an explicit request's pool is full, and with 503 when it is unhealthy."
+    )
     health_check_interval_s: float = Field(
         5.0, ge=0,
         description="How often each router replica checks every pool's engines in the background (0: only when "
         "/health, /ready or /metrics is called). A pool whose check fails takes no new requests until a check "
-        "passes: auto requests for it go to the fast pool (when `downgrade` is fast), the rest get 503 "
-        "pool_unavailable with Retry-After at once instead of waiting in Serve's queue until their deadline.",
+        "passes (it is checked every second meanwhile): auto requests for it go to the fast pool (when `downgrade` "
+        "is fast), the rest get 503 pool_unavailable with Retry-After at once instead of waiting in Serve's queue "
+        "until their deadline.",
     )
 
 

@@ -15,7 +15,6 @@ other request for an unhealthy pool is rejected with 503.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field, replace
 from typing import Dict, Mapping, Optional, Tuple
@@ -181,11 +180,6 @@ def decide(
     return _apply_load(decision, cfg, load)
 
 
-def _unavailable_retry_s(cfg: RouterConfig) -> int:
-    """Health changes at the next check at the earliest: retry no sooner than that."""
-    return max(cfg.load.retry_after_s, math.ceil(cfg.load.health_check_interval_s))
-
-
 def _apply_health(d: Decision, cfg: RouterConfig, load: Mapping[str, PoolLoad]) -> Decision:
     fast_pool = cfg.modes["fast"].pool
     fast_load = load.get(fast_pool, PoolLoad())
@@ -198,7 +192,7 @@ def _apply_health(d: Decision, cfg: RouterConfig, load: Mapping[str, PoolLoad]) 
         )
     why = "thinking pool is unhealthy and the fast pool is at capacity" if can_reroute else (
         f"pool {d.pool} is unhealthy (no replica answered the router's last health check)")
-    return _replace(d, reject=why, reject_status=429 if can_reroute else 503, retry_after_s=_unavailable_retry_s(cfg))
+    return _replace(d, reject=why, reject_status=429 if can_reroute else 503, retry_after_s=cfg.load.retry_after_s)
 
 
 def _apply_load(d: Decision, cfg: RouterConfig, load: Mapping[str, PoolLoad]) -> Decision:

@@ -76,3 +76,17 @@ def test_interval_zero_checks_only_on_demand(keys_env):
         assert _pool_status(client, "thinking") == "unhealthy"  # a /health call checks...
         refused = client.post("/v1/chat/completions", json=_chat("qwen3-thinking"), headers=bearer())
         assert refused.status_code == 503  # ...and the router acts on what it found
+
+
+def test_a_down_pool_is_rechecked_every_second(keys_env):
+    backend = FakeBackend(default_factory)
+    backend.down = {"fast"}
+    app = create_app(make_config(router__load__health_check_interval_s=60), backend)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert _poll(lambda: backend.checks >= 2)
+        refused = client.post("/v1/chat/completions", json=_chat("qwen3-fast"), headers=bearer())
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "2"
+        backend.down = set()
+        # Not after the 60 s interval: a pool that is down is checked again every second.
+        assert _poll(lambda: client.post("/v1/chat/completions", json=_chat("qwen3-fast"),
+                                         headers=bearer()).status_code == 200, timeout_s=5)
