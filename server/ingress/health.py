@@ -8,7 +8,7 @@ import logging
 import time
 from typing import Any, Dict, Optional
 
-from server.config import AppConfig
+from server.config import AppConfig, PoolConfig
 from server.ingress.backend import PoolBackend
 from server.metrics import ServeMetrics
 from server.routing.load import LoadTracker
@@ -16,6 +16,7 @@ from server.routing.load import LoadTracker
 CHECK_TIMEOUT_S = 5.0
 CACHE_S = 1.0
 RECHECK_UNHEALTHY_S = 1.0
+MAX_CHECKS = 5
 
 logger = logging.getLogger("qwen_serve.health")
 
@@ -36,6 +37,11 @@ def classify(answered: bool, error: str, in_flight: int, slots: int, queue_limit
     return {"status": "healthy", "reason": "engine answers; within SLO"}
 
 
+def check_attempts(pool: PoolConfig) -> int:
+    most = pool.autoscaling.max_replicas if pool.autoscaling else pool.replicas
+    return 1 if most <= 1 else min(most + 1, MAX_CHECKS)
+
+
 class HealthChecker:
     def __init__(self, config: AppConfig, backend: PoolBackend, tracker: LoadTracker, metrics: ServeMetrics) -> None:
         self.config = config
@@ -46,8 +52,17 @@ class HealthChecker:
         self._cached_at = 0.0
         self._lock = asyncio.Lock()
         self._refreshing: Optional[asyncio.Future] = None
+        self._attempts = {name: check_attempts(p) for name, p in config.pools.items()}
 
     async def _check(self, pool: str) -> tuple:
+        """(answered, error): one check per replica the pool may have (plus one, at most
+        MAX_CHECKS). Serve sends each to a replica of its choosing, spreading concurrent
+        ones; one answer means the pool serves, so a single broken replica of several
+        does not take the pool out of routing (Serve replaces that replica itself)."""
+        results = await asyncio.gather(*(self._check_once(pool) for _ in range(self._attempts[pool])))
+        return next((r for r in results if r[0]), results[0])
+
+    async def _check_once(self, pool: str) -> tuple:
         try:
             await self.backend.check(pool, CHECK_TIMEOUT_S)
             return True, ""

@@ -68,6 +68,7 @@ class FakeBackend:
         self.streams: List[FakeStream] = []
         self.healthy = True
         self.down: set = set()  # pools whose health check fails
+        self.check_outcomes: Dict[str, List[bool]] = {}  # scripted per pool, then as `down` says
         self.checks = 0
 
     def call(self, kind: str, pool: str, request: Any) -> FakeStream:
@@ -78,6 +79,11 @@ class FakeBackend:
 
     async def check(self, pool: str, timeout_s: float) -> None:
         self.checks += 1
+        scripted = self.check_outcomes.get(pool)
+        if scripted:
+            if not scripted.pop(0):
+                raise RuntimeError("replica down")
+            return
         if not self.healthy or pool in self.down:
             raise RuntimeError("replica down")
 

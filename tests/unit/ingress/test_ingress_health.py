@@ -90,3 +90,16 @@ def test_a_down_pool_is_rechecked_every_second(keys_env):
         # Not after the 60 s interval: a pool that is down is checked again every second.
         assert _poll(lambda: client.post("/v1/chat/completions", json=_chat("qwen3-fast"),
                                          headers=bearer()).status_code == 200, timeout_s=5)
+
+
+def test_one_broken_replica_of_several_does_not_take_the_pool_out(keys_env):
+    """Each check goes to a replica Serve picks; a pool of 2 gets 3 checks per round, and
+    one answer is enough. A pool of 1 gets one check: its failure means the pool is down."""
+    backend = FakeBackend(default_factory)
+    backend.check_outcomes = {"fast": [False, True, False], "thinking": [False]}
+    app = create_app(make_config(router__load__health_check_interval_s=0, pools__fast__replicas=2), backend)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        report = client.get("/health", params={"verbose": 1}).json()["pools"]
+    assert report["fast"]["status"] == "healthy"
+    assert report["thinking"]["status"] == "unhealthy"
+    assert backend.checks == 4
