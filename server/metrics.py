@@ -59,7 +59,7 @@ class ServeMetrics:
         p = PREFIX
         self.requests = Counter(f"{p}_requests", "Requests finished, by pool, mode and HTTP status (pool and mode are 'none' when refused before routing).", ["pool", "mode", "status"], registry=r)
         self.route_decisions = Counter(f"{p}_route_decisions", "Mode decisions by mode and reason.", ["mode", "reason"], registry=r)
-        self.downgrades = Counter(f"{p}_downgrades", "Auto requests downgraded because the thinking pool was saturated, by that pool.", ["pool", "reason"], registry=r)
+        self.downgrades = Counter(f"{p}_downgrades", "Auto requests downgraded because the thinking pool was saturated or unhealthy, by that pool.", ["pool", "reason"], registry=r)
         self.rejections = Counter(
             f"{p}_rejections", "Requests refused without an answer, by reason (auth, rate_limit, queue_full, pool_unavailable, bad_request, ...).",
             ["reason"], registry=r,
