@@ -80,7 +80,7 @@ class ServeMetrics:
         self.slots = Gauge(f"{p}_pool_slot_limit_requests", "Requests the pool's engines run at once (this router's share).", ["pool"], registry=r)
         self.queue_limit = Gauge(f"{p}_pool_queue_limit_requests", "Requests allowed to wait beyond the slots (this router's share).", ["pool"], registry=r)
         self.decision_latency = Histogram(f"{p}_route_decision_seconds", "Time the router takes to decide the mode.", buckets=DECISION_BUCKETS, registry=r)
-        self.pool_healthy = Gauge(f"{p}_pool_healthy", "1 when a replica of the pool answers health checks, else 0 (refreshed at each scrape).", ["pool"], registry=r)
+        self.pool_healthy = Gauge(f"{p}_pool_healthy", "1 when a replica of the pool answers health checks, else 0 (refreshed by the router's background checks and at each scrape).", ["pool"], registry=r)
         self.pool_status = Gauge(
             f"{p}_pool_status", "1 for the pool's current status (healthy, degraded or unhealthy), 0 for the others.",
             ["pool", "status"], registry=r,

@@ -67,8 +67,9 @@ class Ingress:
         self.config = config
         self.metrics = metrics
         self.tracker = tracker
-        self.forwarder = Forwarder(backend, tracker, metrics, config.server.request_timeout_s)
         self.health = HealthChecker(config, backend, tracker, metrics)
+        self.forwarder = Forwarder(backend, tracker, metrics, config.server.request_timeout_s,
+                                   pool_down=self.health.down_signal, retry_after_s=config.router.load.retry_after_s)
         self.auth = Authenticator.from_config(config.security)
         self.limiter = KeyLimiter(config.security.key_limits, config.security.per_key_limits)
         self.prompt_counter = PromptCounter(config.pools) if config.limits.max_prompt_tokens else None

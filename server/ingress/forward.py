@@ -101,6 +101,10 @@ def _request_fault(cause: BaseException) -> bool:
     return _is_vllm_client_error(cause) or isinstance(cause, (ValueError, TypeError, KeyError, IndexError, OverflowError))
 
 
+class PoolDown(Exception):
+    """The pool was found down while the request waited for its first item."""
+
+
 class Forwarder:
     def __init__(
         self,
@@ -109,12 +113,33 @@ class Forwarder:
         metrics: ServeMetrics,
         timeout_s: float,
         clock: Callable[[], float] = time.perf_counter,
+        pool_down: Optional[Callable[[str], asyncio.Event]] = None,
+        retry_after_s: int = 2,
     ) -> None:
         self.backend = backend
         self.tracker = tracker
         self.metrics = metrics
         self.timeout_s = timeout_s
         self.clock = clock
+        self.pool_down = pool_down  # a pool's "found down" signal (the health checker's)
+        self.retry_after_s = retry_after_s
+
+    async def _first_item(self, stream: Any, pool: str, timeout_s: float) -> Any:
+        """The engine's first item; a request still waiting for it when the pool is found
+        down (its replica died, or it is shutting down) ends with 503 pool_unavailable."""
+        if self.pool_down is None:
+            return await _next_item(stream, timeout_s)
+        first = asyncio.ensure_future(_next_item(stream, timeout_s))
+        down = asyncio.ensure_future(self.pool_down(pool).wait())
+        try:
+            await asyncio.wait((first, down), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            down.cancel()
+            if not first.done():
+                first.cancel()
+        if first.done() and not first.cancelled():
+            return first.result()
+        raise PoolDown(pool)
 
     def _count_usage(self, info: CallInfo, usage: Optional[Dict[str, Any]]) -> None:
         if not usage:
@@ -127,7 +152,7 @@ class Forwarder:
 
     def _count_rejection(self, err: APIError) -> None:
         # Refused by Serve's full queue or by the engine's own validation: a rejection too.
-        if err.reason in ("queue_full", "bad_request"):
+        if err.reason in ("queue_full", "pool_unavailable", "bad_request"):
             self.metrics.rejections.labels(err.reason).inc()
 
     def _settle(self, info: CallInfo, status: int, started: float) -> None:
@@ -146,7 +171,7 @@ class Forwarder:
         stream = None
         try:
             stream = self.backend.call(info.kind, info.pool, request)
-            first = await _next_item(stream, timeout_s)
+            first = await self._first_item(stream, info.pool, timeout_s)
         except BaseException as exc:  # noqa: BLE001 - every failure must settle the request
             if stream is not None:
                 stream.cancel()
@@ -187,6 +212,10 @@ class Forwarder:
             return APIError(499, "Client closed the request", reason="client_closed")
         if name == "BackPressureError":
             return APIError(503, "Pool queue is full; retry later", code="queue_full", headers={"Retry-After": "1"}, reason="queue_full")
+        if isinstance(exc, PoolDown):
+            return APIError(503, f"Service unavailable: pool {exc.args[0]} stopped answering health checks while "
+                            f"this request waited; retry after {self.retry_after_s}s", code="pool_unavailable",
+                            headers={"Retry-After": str(self.retry_after_s)}, reason="pool_unavailable")
         if isinstance(exc, StopAsyncIteration):
             return APIError(502, "Engine closed the stream without a response", reason="engine_error")
         cause = getattr(exc, "cause", None) if name.startswith("RayTaskError") else None

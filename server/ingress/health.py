@@ -53,6 +53,19 @@ class HealthChecker:
         self._lock = asyncio.Lock()
         self._refreshing: Optional[asyncio.Future] = None
         self._attempts = {name: check_attempts(p) for name, p in config.pools.items()}
+        self._down: Dict[str, asyncio.Event] = {name: asyncio.Event() for name in config.pools}
+
+    def down_signal(self, pool: str) -> asyncio.Event:
+        """Set when a check finds `pool` down; requests still waiting for its first answer
+        then end with 503 instead of waiting for a replacement until their deadline."""
+        return self._down[pool]
+
+    def _mark(self, pool: str, answered: bool) -> None:
+        self.tracker.set_healthy(pool, answered)
+        if not answered:
+            self._down[pool].set()
+        elif self._down[pool].is_set():
+            self._down[pool] = asyncio.Event()  # requests from now on wait on a fresh signal
 
     async def _check(self, pool: str) -> tuple:
         """(answered, error): one check per replica the pool may have (plus one, at most
@@ -88,7 +101,7 @@ class HealthChecker:
             for name in names:
                 answered, error = checked.get(name, (True, ""))
                 load = snapshot[name]
-                self.tracker.set_healthy(name, answered)
+                self._mark(name, answered)
                 entry = classify(answered, error, load.in_flight, load.slots, load.queue_limit,
                                  load.recent_ttft_s, self.config.metrics.ttft_slo_s)
                 if name in busy and entry["status"] == "healthy":

@@ -91,7 +91,7 @@ class LoadConfig(_Strict):
         "/health, /ready or /metrics is called). A pool whose check fails takes no new requests until a check "
         "passes (it is checked every second meanwhile): auto requests for it go to the fast pool (when `downgrade` "
         "is fast), the rest get 503 pool_unavailable with Retry-After at once instead of waiting in Serve's queue "
-        "until their deadline.",
+        "until their deadline, and so do requests still waiting for their first token when the check fails.",
     )
 
 

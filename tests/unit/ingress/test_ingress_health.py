@@ -103,3 +103,26 @@ def test_one_broken_replica_of_several_does_not_take_the_pool_out(keys_env):
     assert report["fast"]["status"] == "healthy"
     assert report["thinking"]["status"] == "unhealthy"
     assert backend.checks == 4
+
+
+def test_a_request_waiting_on_a_pool_that_goes_down_gets_503(keys_env):
+    """Accepted while the pool looked fine, then the pool stops answering (its replica died
+    or it is shutting down) before the first token: 503 at the next check, not a wait until
+    the request's deadline."""
+    import threading
+
+    from ingress_fakes import HANG
+
+    backend = FakeBackend(lambda kind, pool, request: [HANG] if pool == "thinking" else default_factory(kind, pool, request))
+    app = create_app(make_config(router__load__health_check_interval_s=0.1, server__request_timeout_s=30), backend)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        threading.Timer(0.5, lambda: backend.down.add("thinking")).start()
+        started = time.monotonic()
+        r = client.post("/v1/chat/completions", json=_chat("qwen3-thinking"), headers=bearer())
+        waited = time.monotonic() - started
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "pool_unavailable" and r.headers["Retry-After"] == "2"
+        assert waited < 5, f"waited {waited:.1f}s"
+        assert backend.streams[-1].cancelled  # the engine request is abandoned, not left queued
+        fast = client.post("/v1/chat/completions", json=_chat("qwen3-fast"), headers=bearer())
+        assert fast.status_code == 200
