@@ -14,32 +14,36 @@ import json
 import signal
 import threading
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import httpx
 import pytest
 
-from stackprobe import router_in_flight, router_metrics, samples, wait_ready
+from stackprobe import router_metrics, samples, wait_ready
 
 pytestmark = [pytest.mark.stack, pytest.mark.ends_stack]
 
 STREAMS = {"thinking": 2, "fast": 3}
 # The signal comes once the router has accepted every stream and streams of both pools
-# are still running there. The client's view is not used for that: late in a test session
-# on 2 busy cores it lags the server by seconds (streams reached the router up to 14 s
-# apart, and a whole stream arrived in one burst after the server had finished it). The
-# streams are long enough to overlap on the server despite that (about 10 s each here)
-# and short enough to end well inside the stack's graceful_shutdown_timeout_s (60 s).
-MAX_TOKENS = 1500
+# are still running there (read from the router's /metrics: the client's own view lags the
+# server by seconds on 2 busy cores). After the signal the streams run on for about 35 s
+# here: longer than the 30 s that `serve.shutdown()` alone would have allowed, and well
+# inside the stack's graceful_shutdown_timeout_s (90 s).
+MAX_TOKENS = 1000
 
 
-def _finished(url: str) -> Dict[str, float]:
-    """Requests the router has finished, per pool."""
-    out: Dict[str, float] = {p: 0.0 for p in STREAMS}
+def _router_view(url: str) -> Tuple[Dict[str, float], Dict[str, float]]:
+    """(in flight, finished) requests per pool, from one scrape of the router's /metrics
+    (cheap: /health?verbose=1 would run health checks, which take seconds under load)."""
+    in_flight: Dict[str, float] = {p: 0.0 for p in STREAMS}
+    finished: Dict[str, float] = {p: 0.0 for p in STREAMS}
     for name, labels, value in samples(router_metrics(url)):
-        if name == "qwen_serve_requests_total" and labels.get("pool") in out:
-            out[labels["pool"]] += value
-    return out
+        pool = labels.get("pool")
+        if pool in STREAMS and name == "qwen_serve_in_flight_requests":
+            in_flight[pool] += value
+        elif pool in STREAMS and name == "qwen_serve_requests_total":
+            finished[pool] += value
+    return in_flight, finished
 
 
 def _read_stream(url: str, headers: Dict[str, str], pool: str, out: Dict[str, Any], times: List[float]) -> None:
@@ -84,36 +88,49 @@ def _probe_during_shutdown(url: str, headers: Dict[str, str], stop: threading.Ev
         time.sleep(0.3)
 
 
-def test_sigterm_lets_in_flight_streams_finish(stack):
-    wait_ready(stack.url, 300)
-    results: List[Dict[str, Any]] = [{} for _ in range(sum(STREAMS.values()))]
-    times: List[List[float]] = [[] for _ in results]
-    pools = [p for p, n in STREAMS.items() for _ in range(n)]
-    readers = [threading.Thread(target=_read_stream, args=(stack.url, stack.headers(), p, out, ts), daemon=True)
-               for p, out, ts in zip(pools, results, times)]
-    finished_before = _finished(stack.url)
+def _read_streams(url: str, headers: Dict[str, str], pools: List[str], out: Any) -> None:
+    """In a child process, so the test process stays responsive: read one stream per pool
+    entry on its own thread; send back (results, chunk times)."""
+    results: List[Dict[str, Any]] = [{} for _ in pools]
+    times: List[List[float]] = [[] for _ in pools]
+    readers = [threading.Thread(target=_read_stream, args=(url, headers, p, r, ts), daemon=True)
+               for p, r, ts in zip(pools, results, times)]
     for t in readers:
         t.start()
+    for t in readers:
+        t.join(timeout=240)
+    out.put((results, times, [t.is_alive() for t in readers]))
+
+
+def test_sigterm_lets_in_flight_streams_finish(stack):
+    import multiprocessing
+
+    wait_ready(stack.url, 300)
+    pools = [p for p, n in STREAMS.items() for _ in range(n)]
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_read_streams, args=(stack.url, stack.headers(), pools, queue), daemon=True)
+    _, finished_before = _router_view(stack.url)
+    child.start()
     deadline = time.monotonic() + 180
     while True:
-        in_flight = router_in_flight(stack.url)
-        finished = _finished(stack.url)
+        in_flight, finished = _router_view(stack.url)
         done = {p: finished[p] - finished_before[p] for p in STREAMS}
         if all(in_flight[p] + done[p] == n and in_flight[p] >= 1 for p, n in STREAMS.items()):
             break  # every stream accepted; each pool still has one running
         assert time.monotonic() < deadline, f"streams never overlapped on the server: in flight {in_flight}, done {done}"
-        time.sleep(0.1)
+        time.sleep(0.2)
 
     signalled = time.monotonic()
     stack.proc.send_signal(signal.SIGTERM)
     stop, probes = threading.Event(), []
     prober = threading.Thread(target=_probe_during_shutdown, args=(stack.url, stack.headers(), stop, probes), daemon=True)
     prober.start()
-    for t in readers:
-        t.join(timeout=150)
+    results, times, hung = queue.get(timeout=300)
+    child.join(timeout=30)
     stop.set()
     prober.join(timeout=60)
-    exit_code = stack.proc.wait(timeout=120)
+    exit_code = stack.proc.wait(timeout=180)
     stopped = time.monotonic() - signalled
 
     after_signal = [sum(1 for t in ts if t > signalled) for ts in times]
@@ -122,7 +139,7 @@ def test_sigterm_lets_in_flight_streams_finish(stack):
           f"chunks the client read after the signal {after_signal}, the last at {ended} s; finish {[r['finish'] for r in results]}; "
           f"[DONE] {[r['done'] for r in results]}; requests during the shutdown {probes}; "
           f"launcher exited {exit_code} after {stopped:.1f}s")
-    assert not any(t.is_alive() for t in readers), "a stream hung during the shutdown"
+    assert not any(hung), "a stream hung during the shutdown"
     for r in results:
         assert r["status"] == 200 and r["error"] is None, r
         assert r["done"] and r["finish"] == "length", f"{r['pool']}: stream cut by the shutdown: {r}"
