@@ -186,10 +186,7 @@ def _apply_health(d: Decision, cfg: RouterConfig, load: Mapping[str, PoolLoad]) 
     can_reroute = (not d.explicit and d.mode == "thinking" and cfg.load.downgrade == "fast"
                    and fast_pool != d.pool and fast_load.healthy)
     if can_reroute and not fast_load.full:
-        return _replace(
-            d, mode="fast", pool=fast_pool, reason="downgrade_fast", thinking_budget=None, downgraded=True,
-            detail=d.detail + "; thinking pool unhealthy -> fast",
-        )
+        return _to_fast(d, fast_pool, "unhealthy")
     why = "thinking pool is unhealthy and the fast pool is at capacity" if can_reroute else (
         f"pool {d.pool} is unhealthy (no replica answered the router's last health check)")
     return _replace(d, reject=why, reject_status=429 if can_reroute else 503, retry_after_s=cfg.load.retry_after_s)
@@ -223,6 +220,10 @@ def _apply_load(d: Decision, cfg: RouterConfig, load: Mapping[str, PoolLoad]) ->
         return d
     if fast_load.full:
         return _replace(d, reject="thinking and fast pools are at capacity", retry_after_s=lc.retry_after_s)
+    return _to_fast(d, fast_pool, why)
+
+
+def _to_fast(d: Decision, fast_pool: str, why: str) -> Decision:
     return _replace(
         d, mode="fast", pool=fast_pool, reason="downgrade_fast", thinking_budget=None, downgraded=True,
         detail=d.detail + f"; thinking pool {why} -> fast",

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Tuple
 import httpx
 import pytest
 
-from stackprobe import router_metrics, samples, wait_ready
+from stackprobe import metric_sum, router_metrics, wait_ready
 
 pytestmark = [pytest.mark.stack, pytest.mark.ends_stack]
 
@@ -35,15 +35,9 @@ MAX_TOKENS = 1000
 def _router_view(url: str) -> Tuple[Dict[str, float], Dict[str, float]]:
     """(in flight, finished) requests per pool, from one scrape of the router's /metrics
     (cheap: /health?verbose=1 would run health checks, which take seconds under load)."""
-    in_flight: Dict[str, float] = {p: 0.0 for p in STREAMS}
-    finished: Dict[str, float] = {p: 0.0 for p in STREAMS}
-    for name, labels, value in samples(router_metrics(url)):
-        pool = labels.get("pool")
-        if pool in STREAMS and name == "qwen_serve_in_flight_requests":
-            in_flight[pool] += value
-        elif pool in STREAMS and name == "qwen_serve_requests_total":
-            finished[pool] += value
-    return in_flight, finished
+    text = router_metrics(url)
+    return ({p: metric_sum(text, "qwen_serve_in_flight_requests", pool=p) for p in STREAMS},
+            {p: metric_sum(text, "qwen_serve_requests_total", pool=p) for p in STREAMS})
 
 
 def _read_stream(url: str, headers: Dict[str, str], pool: str, out: Dict[str, Any], times: List[float]) -> None:
