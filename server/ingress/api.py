@@ -21,7 +21,7 @@ from server.config import AppConfig
 from server.ingress import requests as req
 from server.ingress.auth import Authenticator
 from server.ingress.backend import PoolBackend
-from server.ingress.errors import APIError, install_error_handlers
+from server.ingress.errors import APIError, install_error_handlers, pool_unavailable
 from server.ingress.forward import CallInfo, Forwarder
 from server.ingress.health import HealthChecker
 from server.ingress.limits import KeyLimiter
@@ -52,10 +52,9 @@ def pool_limits(config: AppConfig) -> Dict[str, PoolLimits]:
 
 
 def _rejection(decision: Decision, headers: Dict[str, str]) -> APIError:
-    retry = {**headers, "Retry-After": str(decision.retry_after_s)}
     if decision.reject_status == 503:
-        return APIError(503, f"Service unavailable: {decision.reject}; retry after {decision.retry_after_s}s",
-                        code="pool_unavailable", headers=retry, reason="pool_unavailable")
+        return pool_unavailable(decision.reject, decision.retry_after_s, headers)
+    retry = {**headers, "Retry-After": str(decision.retry_after_s)}
     return APIError(429, f"Too many requests: {decision.reject}; retry after {decision.retry_after_s}s",
                     code="pool_at_capacity", headers=retry, reason="queue_full")
 

@@ -72,6 +72,13 @@ class APIError(Exception):
 CLIENT_GONE = frozenset({"ClientDisconnect", "TaskCancelledError", "RequestCancelledError"})
 
 
+def pool_unavailable(detail: str, retry_after_s: int, headers: Optional[Mapping[str, str]] = None) -> APIError:
+    """503 `pool_unavailable` with Retry-After: the pool is down (refused up front, or found
+    down while the request waited for its first token)."""
+    return APIError(503, f"Service unavailable: {detail}; retry after {retry_after_s}s", code="pool_unavailable",
+                    headers={**(headers or {}), "Retry-After": str(retry_after_s)}, reason="pool_unavailable")
+
+
 def error_chunk(err: APIError) -> bytes:
     """The SSE frame that ends a stream which failed after its headers were sent."""
     return b"data: " + orjson.dumps(err.body()) + b"\n\ndata: [DONE]\n\n"

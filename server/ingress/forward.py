@@ -20,7 +20,7 @@ import orjson
 from starlette.responses import Response, StreamingResponse
 
 from server.ingress.backend import PoolBackend
-from server.ingress.errors import APIError, error_chunk, from_engine_error
+from server.ingress.errors import APIError, error_chunk, from_engine_error, pool_unavailable
 from server.metrics import ServeMetrics
 from server.routing.load import LoadTracker
 
@@ -213,9 +213,8 @@ class Forwarder:
         if name == "BackPressureError":
             return APIError(503, "Pool queue is full; retry later", code="queue_full", headers={"Retry-After": "1"}, reason="queue_full")
         if isinstance(exc, PoolDown):
-            return APIError(503, f"Service unavailable: pool {exc.args[0]} stopped answering health checks while "
-                            f"this request waited; retry after {self.retry_after_s}s", code="pool_unavailable",
-                            headers={"Retry-After": str(self.retry_after_s)}, reason="pool_unavailable")
+            return pool_unavailable(f"pool {exc.args[0]} stopped answering health checks while this request waited",
+                                    self.retry_after_s)
         if isinstance(exc, StopAsyncIteration):
             return APIError(502, "Engine closed the stream without a response", reason="engine_error")
         cause = getattr(exc, "cause", None) if name.startswith("RayTaskError") else None
