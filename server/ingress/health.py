@@ -121,15 +121,22 @@ class HealthChecker:
         so the router stops sending requests to a pool that does not answer, and resumes
         when it answers again, without waiting for someone to call /health."""
         unhealthy: frozenset = frozenset()
+        answered_once: set = set()  # a pool that never answered is still starting, not down
         while True:
             try:
                 report = await self.report()
                 now = frozenset(n for n, p in report["pools"].items() if p["status"] == "unhealthy")
                 for name in sorted(now - unhealthy):
-                    logger.warning("pool %s is unhealthy (%s); it takes no new requests until it answers",
-                                   name, report["pools"][name]["reason"])
-                for name in sorted(unhealthy - now):
+                    if name in answered_once:
+                        logger.warning("pool %s is unhealthy (%s); it takes no new requests until it answers",
+                                       name, report["pools"][name]["reason"])
+                    else:
+                        logger.info("pool %s does not answer yet (starting); it takes requests once it answers", name)
+                for name in sorted(set(report["pools"]) - now - answered_once):
+                    logger.info("pool %s answers; it takes requests", name)
+                for name in sorted((unhealthy - now) & answered_once):
                     logger.warning("pool %s answers again; it takes requests", name)
+                answered_once.update(set(report["pools"]) - now)
                 unhealthy = now
             except Exception:  # noqa: BLE001 - the loop outlives any one failed round
                 logger.exception("pool health check round failed")

@@ -126,3 +126,28 @@ def test_a_request_waiting_on_a_pool_that_goes_down_gets_503(keys_env):
         assert backend.streams[-1].cancelled  # the engine request is abandoned, not left queued
         fast = client.post("/v1/chat/completions", json=_chat("qwen3-fast"), headers=bearer())
         assert fast.status_code == 200
+
+
+def test_logs_tell_a_starting_pool_from_one_that_went_down(keys_env, caplog):
+    """A pool that never answered is starting (INFO); one that answered and then stops is
+    down (WARNING), and its return is a WARNING too."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="qwen_serve.health")
+    backend = FakeBackend(default_factory)
+    backend.down = {"thinking"}
+    app = create_app(make_config(router__load__health_check_interval_s=0.1), backend)
+
+    def said(text: str, level: int) -> bool:
+        return any(text in r.getMessage() and r.levelno == level for r in caplog.records)
+
+    with TestClient(app, raise_server_exceptions=False):
+        assert _poll(lambda: said("pool thinking does not answer yet (starting)", logging.INFO))
+        assert _poll(lambda: said("pool fast answers; it takes requests", logging.INFO))
+        backend.down = set()
+        assert _poll(lambda: said("pool thinking answers; it takes requests", logging.INFO))
+        backend.down = {"thinking"}
+        assert _poll(lambda: said("pool thinking is unhealthy", logging.WARNING))
+        backend.down = set()
+        assert _poll(lambda: said("pool thinking answers again", logging.WARNING))
+    assert not any(r.levelno >= logging.WARNING and "fast" in r.getMessage() for r in caplog.records)
