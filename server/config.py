@@ -91,7 +91,8 @@ class ServerConfig(StrictModel):
         None,
         ge=1,
         le=65535,
-        description="Port of Ray Serve's HTTP proxy when direct_ingress is on (None: a free port, printed at start-up).",
+        description="Port of Ray Serve's HTTP proxy when direct_ingress is on (None: the first free port after the "
+        "router's ports, outside the kernel's ephemeral range; printed at start-up).",
     )
 
 

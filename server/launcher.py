@@ -7,6 +7,7 @@ is ready, then wait for Ctrl-C (or SIGTERM) and shut down cleanly.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -16,7 +17,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from server.config import AppConfig
 
@@ -92,22 +93,47 @@ def local_serve_env(config: AppConfig) -> Dict[str, str]:
     }
 
 
-def pick_proxy_port(config: AppConfig) -> int:
-    """Port of Ray Serve's proxy: `port` without direct ingress, else proxy_port or a free one."""
+def ephemeral_port_range() -> Tuple[int, int]:
+    """The kernel's range for `bind(port 0)`: the ports Ray's own processes get."""
+    try:
+        low, high = open("/proc/sys/net/ipv4/ip_local_port_range").read().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def pick_proxy_port(config: AppConfig, ephemeral: Optional[Tuple[int, int]] = None,
+                    binds: Optional[Callable[[int], bool]] = None) -> int:
+    """Port of Ray Serve's proxy: `port` without direct ingress, else proxy_port, else the
+    first port after the router's that is free and outside the kernel's ephemeral range.
+
+    Not a port the kernel hands out for `bind(0)`: Ray's workers bind their own servers
+    that way while Serve starts, and one of them could take such a port before the proxy
+    binds it (seen once: "Failed to bind to address")."""
     server = config.server
     if not server.direct_ingress:
         return server.port
     if server.proxy_port:
         return server.proxy_port
+    low, high = ephemeral or ephemeral_port_range()
+    host = server.host if server.host not in ("", "0.0.0.0") else "0.0.0.0"
+    binds = binds or (lambda port: _binds(host, port))
+    first = server.port + router_port_count(config)
+    for port in itertools.chain(range(first, 65536), range(1024, server.port)):
+        if not low <= port <= high and binds(port):
+            return port
+    raise RuntimeError("no free port outside the ephemeral range for Ray Serve's proxy; set server.proxy_port")
+
+
+def _binds(host: str, port: int) -> bool:
     import socket
 
-    taken = range(server.port, server.port + router_port_count(config))
-    while True:
-        with socket.socket() as sock:
-            sock.bind((server.host if server.host not in ("", "0.0.0.0") else "0.0.0.0", 0))
-            port = sock.getsockname()[1]
-        if port not in taken:
-            return port
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _deployment_rows(status: Any) -> Dict[str, Dict[str, Any]]:

@@ -69,6 +69,31 @@ def test_direct_ingress_env_and_proxy_port():
     assert local_serve_env(off) == {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"} and pick_proxy_port(off) == 18123
 
 
+@pytest.mark.parametrize("port, routers, ephemeral, taken, expected", [
+    (8000, 1, (32768, 60999), set(), 8001),            # the port after the router's
+    (8000, 3, (32768, 60999), set(), 8003),            # after all three router ports
+    (8000, 1, (32768, 60999), {8001, 8002}, 8003),     # the next free one
+    (40000, 1, (32768, 60999), set(), 61000),          # never one bind(0) may hand out
+    (32000, 1, (32001, 65535), set(), 1024),           # past the top: from 1024 up
+])
+def test_free_proxy_port_is_outside_the_ephemeral_range(port, routers, ephemeral, taken, expected):
+    cfg = config(port=port, ingress_replicas=routers, pools=("thinking", "fast"))
+    assert router_port_count(cfg) == routers
+    assert pick_proxy_port(cfg, ephemeral=ephemeral, binds=lambda p: p not in taken) == expected
+
+
+def test_free_proxy_port_really_binds():
+    import socket
+
+    with socket.socket() as sock:  # the port after the router's is taken: the next one
+        sock.bind(("0.0.0.0", 0))
+        sock.listen()
+        busy = sock.getsockname()[1]
+        cfg = config(port=busy - 1)
+        proxy = pick_proxy_port(cfg, ephemeral=(0, 0))
+        assert proxy > busy
+
+
 class FakeServer:
     """LLMServer's shapes: `chat` is a coroutine returning an async generator of lists."""
 
