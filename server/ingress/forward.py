@@ -113,7 +113,7 @@ class Forwarder:
         metrics: ServeMetrics,
         timeout_s: float,
         clock: Callable[[], float] = time.perf_counter,
-        pool_down: Optional[Callable[[str], asyncio.Event]] = None,
+        pool_down: Optional[Callable[[str], "asyncio.Future[None]"]] = None,
         retry_after_s: int = 2,
     ) -> None:
         self.backend = backend
@@ -129,12 +129,13 @@ class Forwarder:
         down (its replica died, or it is shutting down) ends with 503 pool_unavailable."""
         if self.pool_down is None:
             return await _next_item(stream, timeout_s)
+        down = self.pool_down(pool)
+        if down.done():
+            raise PoolDown(pool)
         first = asyncio.ensure_future(_next_item(stream, timeout_s))
-        down = asyncio.ensure_future(self.pool_down(pool).wait())
         try:
             await asyncio.wait((first, down), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            down.cancel()
             if not first.done():
                 first.cancel()
         if first.done() and not first.cancelled():

@@ -53,19 +53,26 @@ class HealthChecker:
         self._lock = asyncio.Lock()
         self._refreshing: Optional[asyncio.Future] = None
         self._attempts = {name: check_attempts(p) for name, p in config.pools.items()}
-        self._down: Dict[str, asyncio.Event] = {name: asyncio.Event() for name in config.pools}
+        self._down: Dict[str, Optional[asyncio.Future]] = {name: None for name in config.pools}
 
-    def down_signal(self, pool: str) -> asyncio.Event:
-        """Set when a check finds `pool` down; requests still waiting for its first answer
-        then end with 503 instead of waiting for a replacement until their deadline."""
-        return self._down[pool]
+    def down_signal(self, pool: str) -> asyncio.Future:
+        """Done when a check finds `pool` down; requests still waiting for its first answer
+        then end with 503 instead of waiting for a replacement until their deadline. One
+        future per pool, shared by its waiting requests (no task per request)."""
+        fut = self._down[pool]
+        if fut is None:
+            fut = self._down[pool] = asyncio.get_running_loop().create_future()
+        return fut
 
     def _mark(self, pool: str, answered: bool) -> None:
         self.tracker.set_healthy(pool, answered)
+        fut = self._down[pool]
         if not answered:
-            self._down[pool].set()
-        elif self._down[pool].is_set():
-            self._down[pool] = asyncio.Event()  # requests from now on wait on a fresh signal
+            fut = self.down_signal(pool)
+            if not fut.done():
+                fut.set_result(None)
+        elif fut is not None and fut.done():
+            self._down[pool] = None  # requests from now on wait on a fresh signal
 
     async def _check(self, pool: str) -> tuple:
         """(answered, error): one check per replica the pool may have (plus one, at most
