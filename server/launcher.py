@@ -96,7 +96,7 @@ def local_serve_env(config: AppConfig) -> Dict[str, str]:
 def ephemeral_port_range() -> Tuple[int, int]:
     """The kernel's range for `bind(port 0)`: the ports Ray's own processes get."""
     try:
-        low, high = open("/proc/sys/net/ipv4/ip_local_port_range").read().split()
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
         return int(low), int(high)
     except (OSError, ValueError):
         return 32768, 60999  # Linux's default
@@ -116,7 +116,7 @@ def pick_proxy_port(config: AppConfig, ephemeral: Optional[Tuple[int, int]] = No
     if server.proxy_port:
         return server.proxy_port
     low, high = ephemeral or ephemeral_port_range()
-    host = server.host if server.host not in ("", "0.0.0.0") else "0.0.0.0"
+    host = server.host or "0.0.0.0"
     binds = binds or (lambda port: _binds(host, port))
     first = server.port + router_port_count(config)
     for port in itertools.chain(range(first, 65536), range(1024, server.port)):
