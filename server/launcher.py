@@ -126,13 +126,12 @@ def pick_proxy_port(config: AppConfig, ephemeral: Optional[Tuple[int, int]] = No
 
 
 def _binds(host: str, port: int) -> bool:
-    import socket
+    from server import preflight
 
-    with socket.socket() as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
+    try:
+        preflight.check_port(host, port)
+    except preflight.PreflightError:
+        return False
     return True
 
 

@@ -66,12 +66,11 @@ class HealthChecker:
 
     def _mark(self, pool: str, answered: bool) -> None:
         self.tracker.set_healthy(pool, answered)
-        fut = self._down[pool]
         if not answered:
             fut = self.down_signal(pool)
             if not fut.done():
                 fut.set_result(None)
-        elif fut is not None and fut.done():
+        elif self._down[pool] is not None and self._down[pool].done():
             self._down[pool] = None  # requests from now on wait on a fresh signal
 
     async def _check(self, pool: str) -> tuple:
@@ -133,17 +132,18 @@ class HealthChecker:
             try:
                 report = await self.report()
                 now = frozenset(n for n, p in report["pools"].items() if p["status"] == "unhealthy")
+                up = set(report["pools"]) - now
                 for name in sorted(now - unhealthy):
                     if name in answered_once:
                         logger.warning("pool %s is unhealthy (%s); it takes no new requests until it answers",
                                        name, report["pools"][name]["reason"])
                     else:
                         logger.info("pool %s does not answer yet (starting); it takes requests once it answers", name)
-                for name in sorted(set(report["pools"]) - now - answered_once):
+                for name in sorted(up - answered_once):
                     logger.info("pool %s answers; it takes requests", name)
                 for name in sorted((unhealthy - now) & answered_once):
                     logger.warning("pool %s answers again; it takes requests", name)
-                answered_once.update(set(report["pools"]) - now)
+                answered_once |= up
                 unhealthy = now
             except Exception:  # noqa: BLE001 - the loop outlives any one failed round
                 logger.exception("pool health check round failed")
