@@ -22,7 +22,22 @@ ENGINE_WAITING = "ray_vllm_num_requests_waiting"
 ENGINE_KV_USAGE = "ray_vllm_kv_cache_usage_perc"
 
 
-def samples(text: str) -> List[Tuple[str, Dict[str, str], float]]:
+# One client for every probe: a fresh `httpx.get` builds an SSL context each call (10-40 ms
+# of this process's CPU), which on 2 busy cores slows the tests' own stream readers.
+_http = httpx.Client(timeout=30)
+
+
+def get(url: str, timeout: float = 30) -> httpx.Response:
+    return _http.get(url, timeout=timeout)
+
+
+def samples(text: str, *names: str) -> List[Tuple[str, Dict[str, str], float]]:
+    """(name, labels, value) of each sample; only the named metrics when names are given.
+    Ray's /metrics runs to hundreds of kilobytes, and the pure-Python parser is slow:
+    lines of other metrics are dropped before it runs."""
+    if names:
+        wanted = set(names)
+        text = "\n".join(line for line in text.splitlines() if line.startswith(names) and _name_of(line) in wanted)
     out = []
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -30,22 +45,31 @@ def samples(text: str) -> List[Tuple[str, Dict[str, str], float]]:
     return out
 
 
+def _name_of(line: str) -> str:
+    end = len(line)
+    for sep in ("{", " "):
+        i = line.find(sep)
+        if 0 <= i < end:
+            end = i
+    return line[:end]
+
+
 def metric_sum(text: str, name: str, **labels: str) -> float:
-    return sum(v for n, lab, v in samples(text) if n == name and all(lab.get(k) == w for k, w in labels.items()))
+    return sum(v for n, lab, v in samples(text, name) if n == name and all(lab.get(k) == w for k, w in labels.items()))
 
 
 def router_metrics(url: str) -> str:
-    return httpx.get(f"{url}/metrics", timeout=30).text
+    return get(f"{url}/metrics").text
 
 
 def ray_metrics(port: int) -> str:
-    return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    return get(f"http://127.0.0.1:{port}/metrics").text
 
 
 def request_counts(url: str) -> Dict[str, float]:
     """qwen_serve_requests_total by status, summed over pools and modes."""
     counts: Dict[str, float] = collections.Counter()
-    for n, lab, v in samples(router_metrics(url)):
+    for n, lab, v in samples(router_metrics(url), "qwen_serve_requests_total"):
         if n == "qwen_serve_requests_total":
             counts[lab["status"]] += v
     return dict(counts)
@@ -59,7 +83,7 @@ def delta(after: Dict[str, float], before: Dict[str, float]) -> Dict[str, int]:
 def engine_value(port: int, name: str, pool: Optional[str] = None) -> Optional[float]:
     """A vLLM engine metric summed over replicas, or None when this scrape lacks it
     (Ray's exporter leaves gauges out of some scrapes between reports)."""
-    found = [v for n, lab, v in samples(ray_metrics(port))
+    found = [v for n, lab, v in samples(ray_metrics(port), name)
              if n == name and (pool is None or lab.get("model_name") == pool)]
     return sum(found) if found else None
 
@@ -79,13 +103,13 @@ def wait_for(check: Callable[[], bool], timeout_s: float, interval_s: float = 1.
 
 
 def wait_ready(url: str, timeout_s: float = 300) -> float:
-    ok, waited = wait_for(lambda: httpx.get(f"{url}/ready", timeout=20).status_code == 200, timeout_s, 2.0)
+    ok, waited = wait_for(lambda: get(f"{url}/ready", timeout=20).status_code == 200, timeout_s, 2.0)
     assert ok, f"stack not ready after {timeout_s:.0f}s"
     return waited
 
 
 def router_in_flight(url: str) -> Dict[str, float]:
-    report = httpx.get(f"{url}/health?verbose=1", timeout=30).json()
+    report = get(f"{url}/health?verbose=1").json()
     return {name: p["in_flight"] for name, p in report["pools"].items()}
 
 

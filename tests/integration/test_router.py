@@ -8,6 +8,8 @@ import time
 import httpx
 import pytest
 
+from stackprobe import metric_sum
+
 pytestmark = pytest.mark.stack
 
 MATH = "Prove that the square root of 2 is irrational, step by step."
@@ -172,9 +174,12 @@ def test_saturated_thinking_pool_downgrades_auto_and_429s_explicit(stack):
             async with httpx.AsyncClient(base_url=stack.url, headers=stack.headers(), timeout=120) as c:
                 for _attempt in range(3):  # a slow stream may end between the check and the request
                     deadline = time.monotonic() + 120
-                    while _pool_state(stack, "thinking")["in_flight"] < capacity:
+                    # The router's own in-flight gauge, read without blocking this loop, which
+                    # also runs the slow streams (a blocking poll here held them up).
+                    while metric_sum((await c.get("/metrics")).text, "qwen_serve_in_flight_requests",
+                                     pool="thinking") < capacity:
                         assert time.monotonic() < deadline, "slow requests never filled the pool"
-                        await asyncio.sleep(0.5)
+                        await asyncio.sleep(0.2)
                     auto = await c.post("/v1/chat/completions", json={
                         "model": "qwen3", "messages": [{"role": "user", "content": MATH}], "max_tokens": 4})
                     explicit = await c.post("/v1/chat/completions", json={

@@ -82,9 +82,11 @@ def _probe_during_shutdown(url: str, headers: Dict[str, str], stop: threading.Ev
         time.sleep(0.3)
 
 
-def _read_streams(url: str, headers: Dict[str, str], pools: List[str], out: Any) -> None:
-    """In a child process, so the test process stays responsive: read one stream per pool
-    entry on its own thread; send back (results, chunk times)."""
+def _read_streams(url: str, headers: Dict[str, str], pools: List[str], out: Any, go: Any) -> None:
+    """In a child process, so the test process stays responsive: once `go` is set, read one
+    stream per pool entry on its own thread; send back (results, chunk times)."""
+    out.put("started")
+    go.wait(300)
     results: List[Dict[str, Any]] = [{} for _ in pools]
     times: List[List[float]] = [[] for _ in pools]
     readers = [threading.Thread(target=_read_stream, args=(url, headers, p, r, ts), daemon=True)
@@ -102,10 +104,14 @@ def test_sigterm_lets_in_flight_streams_finish(stack):
     wait_ready(stack.url, 300)
     pools = [p for p, n in STREAMS.items() for _ in range(n)]
     ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_read_streams, args=(stack.url, stack.headers(), pools, queue), daemon=True)
-    _, finished_before = _router_view(stack.url)
+    queue, go = ctx.Queue(), ctx.Event()
+    child = ctx.Process(target=_read_streams, args=(stack.url, stack.headers(), pools, queue, go), daemon=True)
+    # Start the child (a fresh interpreter importing httpx: seconds, and once 46 s on a busy
+    # machine) before any stream, so that the streams start only once the gate below watches.
     child.start()
+    assert queue.get(timeout=120) == "started"
+    _, finished_before = _router_view(stack.url)
+    go.set()
     deadline = time.monotonic() + 180
     while True:
         in_flight, finished = _router_view(stack.url)

@@ -138,17 +138,36 @@ def test_non_streaming_and_completions(make_cfg):
     assert all(x.ok and x.answer_text.startswith(" tok0") for x in r.records)
 
 
-def test_multi_turn_sends_history(make_cfg):
-    r = run(make_cfg(load={"concurrency": 2, "num_requests": 12}, workload={"turns": 3}))
-    turns = [x.turn for x in r.records]
-    assert turns.count(0) == 4 and turns.count(2) == 4
+def _conversations(records):
     by_conv = {}
-    for x in r.records:
+    for x in records:
         by_conv.setdefault(x.conv_id, []).append(x)
-    for recs in by_conv.values():  # each later turn's prompt carries the earlier ones
-        toks = [x.prompt_tokens for x in sorted(recs, key=lambda x: x.turn)]
+    return [sorted(recs, key=lambda x: x.turn) for recs in by_conv.values()]
+
+
+def test_multi_turn_sends_history(make_cfg):
+    # One at a time, 12 requests are exactly four 3-turn conversations.
+    r = run(make_cfg(load={"concurrency": 1, "num_requests": 12}, workload={"turns": 3}))
+    convs = _conversations(r.records)
+    assert all(x.ok for x in r.records)
+    assert [[x.turn for x in c] for c in convs] == [[0, 1, 2]] * 4
+    for c in convs:  # each later turn's prompt carries the earlier ones
+        toks = [x.prompt_tokens for x in c]
         assert toks == sorted(toks) and toks[0] < toks[-1]
     assert "by_turn" in r.summary
+
+
+def test_multi_turn_conversations_interleave_without_mixing(make_cfg):
+    # Two at a time, conversations interleave; which of them the 12-request limit cuts short
+    # depends on timing, but at most one per worker is, and histories never mix.
+    r = run(make_cfg(load={"concurrency": 2, "num_requests": 12}, workload={"turns": 3}))
+    convs = _conversations(r.records)
+    assert len(r.records) == 12 and all(x.ok for x in r.records)
+    assert all([x.turn for x in c] == list(range(len(c))) for c in convs)
+    assert sum(len(c) < 3 for c in convs) <= 2
+    for c in convs:
+        toks = [x.prompt_tokens for x in c]
+        assert toks == sorted(toks) and (len(c) == 1 or toks[0] < toks[-1])
 
 
 def test_sweep_stops_at_saturation(make_cfg):
