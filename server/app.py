@@ -18,6 +18,7 @@ from ray.serve.llm import LLMConfig, build_llm_deployment
 from ray.serve.llm.deployment import LLMServer
 
 from server.config import AppConfig, PoolConfig, load_config, parse_config
+from server.metrics import ServeMetrics, ray_metric
 from server.models import resolve_model_source
 from server.plan_apply import resolve_plans
 
@@ -149,6 +150,11 @@ def llm_config_for_pool(name: str, pool: PoolConfig, config: AppConfig) -> LLMCo
     return LLMConfig(**kwargs)
 
 
+def router_metrics(config: AppConfig) -> ServeMetrics:
+    """One router replica's metrics, mirrored into Ray Serve's metrics when configured."""
+    return ServeMetrics(pools=config.pools, mirror=ray_metric if config.metrics.ray_export else None)
+
+
 @serve.ingress()
 class RouterIngress:
     """The router: OpenAI API, mode decisions, auth, limits and metrics (server/ingress/)."""
@@ -163,7 +169,7 @@ class RouterIngress:
         from server.ingress.api import create_app
 
         logging.getLogger("qwen_serve").setLevel(self._config.server.log_level)
-        return create_app(self._config, self._backend)
+        return create_app(self._config, self._backend, router_metrics(self._config))
 
 
 _closing: set = set()  # aclose() tasks of abandoned local streams, kept until they finish
@@ -246,7 +252,8 @@ class RouterPoolServer(PoolServer):
         from server.ingress.api import create_app
 
         logging.getLogger("qwen_serve").setLevel(self._router_config.server.log_level)
-        return create_app(self._router_config, LocalPoolBackend(self._pool_name, self, self._other_pools))
+        return create_app(self._router_config, LocalPoolBackend(self._pool_name, self, self._other_pools),
+                          router_metrics(self._router_config))
 
 
 def build_app(args: Union[Dict[str, Any], AppConfig, None] = None) -> serve.Application:

@@ -12,7 +12,7 @@ serves them (as `ray_vllm_*`, labelled `model_name=<pool>`) with Ray Serve's own
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -49,43 +49,113 @@ class _WithoutCreated:
             yield family
 
 
-class ServeMetrics:
-    """The router's metrics. One instance per ingress replica, handed in by the app's lifespan."""
+class _Mirrored:
+    """A prometheus_client metric, or one labelled series of it, whose every update is also
+    made on a mirror metric: the same value, the label values as the mirror's tags."""
 
-    def __init__(self, registry: Optional[CollectorRegistry] = None, pools: Iterable[str] = ()) -> None:
+    __slots__ = ("_metric", "_mirror", "_keys", "_tags", "_children")
+
+    def __init__(self, metric: Any, mirror: Any, keys: Tuple[str, ...] = (), tags: Optional[Dict[str, str]] = None) -> None:
+        self._metric, self._mirror, self._keys = metric, mirror, keys
+        self._tags = tags or {}
+        self._children: Dict[Tuple[Any, ...], "_Mirrored"] = {}
+
+    def labels(self, *values: Any) -> "_Mirrored":
+        child = self._children.get(values)
+        if child is None:  # label values are bounded (see the module docstring): so is this cache
+            tags = {k: str(v) for k, v in zip(self._keys, values)}
+            child = self._children[values] = _Mirrored(self._metric.labels(*values), self._mirror, tags=tags)
+        return child
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._metric.inc(amount)
+        if amount > 0:  # Ray's counters refuse 0; a zero increment changes nothing anyway
+            self._mirror.inc(amount, self._tags)
+
+    def observe(self, value: float) -> None:
+        self._metric.observe(value)
+        self._mirror.observe(value, self._tags)
+
+    def set(self, value: float) -> None:
+        self._metric.set(value)
+        self._mirror.set(value, self._tags)
+
+
+def ray_metric(kind: str, name: str, documentation: str, labels: Tuple[str, ...],
+               buckets: Optional[Tuple[float, ...]] = None) -> Any:
+    """A Ray Serve metric (`ray.serve.metrics`) to mirror one of ours. Ray's metrics agent
+    exports it on the node's metrics port as `ray_<name>` (counters with `_total`), with
+    the replica's `deployment` and `replica` tags: one series per router replica, so sums
+    over replicas are exact however many there are. Recording costs ~2.5 us."""
+    from ray.serve import metrics as serve_metrics
+
+    if kind == "counter":
+        return serve_metrics.Counter(name, description=documentation, tag_keys=labels)
+    if kind == "gauge":
+        return serve_metrics.Gauge(name, description=documentation, tag_keys=labels)
+    return serve_metrics.Histogram(name, description=documentation, boundaries=list(buckets or ()), tag_keys=labels)
+
+
+# (kind, name, documentation, label names, histogram buckets) -> a metric with inc/observe/set(value, tags)
+MirrorFactory = Callable[[str, str, str, Tuple[str, ...], Optional[Tuple[float, ...]]], Any]
+
+
+class ServeMetrics:
+    """The router's metrics. One instance per ingress replica, handed in by the app's lifespan.
+
+    `mirror`, when given (`ray_metric` inside Ray Serve), makes a second metric for each
+    one, and every update is recorded on both (see `_Mirrored`)."""
+
+    def __init__(self, registry: Optional[CollectorRegistry] = None, pools: Iterable[str] = (),
+                 mirror: Optional[MirrorFactory] = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self._slots: dict = {}
-        r = self.registry
+        self._mirror = mirror
         p = PREFIX
-        self.requests = Counter(f"{p}_requests", "Requests finished, by pool, mode and HTTP status (pool and mode are 'none' when refused before routing).", ["pool", "mode", "status"], registry=r)
-        self.route_decisions = Counter(f"{p}_route_decisions", "Mode decisions by mode and reason.", ["mode", "reason"], registry=r)
-        self.downgrades = Counter(f"{p}_downgrades", "Auto requests downgraded because the thinking pool was saturated or unhealthy, by that pool.", ["pool", "reason"], registry=r)
-        self.rejections = Counter(
+        self.requests = self._new(Counter, f"{p}_requests", "Requests finished, by pool, mode and HTTP status (pool and mode are 'none' when refused before routing).", ["pool", "mode", "status"])
+        self.route_decisions = self._new(Counter, f"{p}_route_decisions", "Mode decisions by mode and reason.", ["mode", "reason"])
+        self.downgrades = self._new(Counter, f"{p}_downgrades", "Auto requests downgraded because the thinking pool was saturated or unhealthy, by that pool.", ["pool", "reason"])
+        self.rejections = self._new(
+            Counter,
             f"{p}_rejections", "Requests refused without an answer, by reason (auth, rate_limit, queue_full, pool_unavailable, bad_request, ...).",
-            ["reason"], registry=r,
+            ["reason"],
         )
-        self.e2e = Histogram(f"{p}_request_duration_seconds", "End-to-end request latency at the router.", ["pool", "mode"], buckets=LATENCY_BUCKETS, registry=r)
-        self.ttft = Histogram(f"{p}_time_to_first_token_seconds", "Time to the first generated token (reasoning or answer), streamed requests.", ["pool", "mode"], buckets=TTFT_BUCKETS, registry=r)
-        self.ttfat = Histogram(
+        self.e2e = self._new(Histogram, f"{p}_request_duration_seconds", "End-to-end request latency at the router.", ["pool", "mode"], buckets=LATENCY_BUCKETS)
+        self.ttft = self._new(Histogram, f"{p}_time_to_first_token_seconds", "Time to the first generated token (reasoning or answer), streamed requests.", ["pool", "mode"], buckets=TTFT_BUCKETS)
+        self.ttfat = self._new(
+            Histogram,
             f"{p}_time_to_first_answer_token_seconds",
             "Time to the first answer token, after </think> in thinking mode: the latency a user feels (streamed requests).",
-            ["pool", "mode"], buckets=LATENCY_BUCKETS, registry=r,
+            ["pool", "mode"], buckets=LATENCY_BUCKETS,
         )
-        self.itl = Histogram(f"{p}_inter_token_latency_seconds", "Gap between streamed token chunks of one request.", ["pool", "mode"], buckets=ITL_BUCKETS, registry=r)
-        self.prompt_tokens = Counter(f"{p}_prompt_tokens", "Prompt tokens of finished requests.", ["pool", "mode"], registry=r)
-        self.completion_tokens = Counter(f"{p}_completion_tokens", "Completion tokens (reasoning included) of finished requests.", ["pool", "mode"], registry=r)
-        self.reasoning_tokens = Counter(f"{p}_reasoning_tokens", "Reasoning (thinking) tokens of finished requests.", ["pool", "mode"], registry=r)
-        self.in_flight = Gauge(f"{p}_in_flight_requests", "Requests this router has sent to a pool and not finished.", ["pool"], registry=r)
-        self.queued = Gauge(f"{p}_queued_requests", "In-flight requests beyond the pool's engine slots: waiting in Serve's queue.", ["pool"], registry=r)
-        self.slots = Gauge(f"{p}_pool_slot_limit_requests", "Requests the pool's engines run at once (this router's share).", ["pool"], registry=r)
-        self.queue_limit = Gauge(f"{p}_pool_queue_limit_requests", "Requests allowed to wait beyond the slots (this router's share).", ["pool"], registry=r)
-        self.decision_latency = Histogram(f"{p}_route_decision_seconds", "Time the router takes to decide the mode.", buckets=DECISION_BUCKETS, registry=r)
-        self.pool_healthy = Gauge(f"{p}_pool_healthy", "1 when a replica of the pool answers health checks, else 0 (refreshed by the router's background checks and at each scrape).", ["pool"], registry=r)
-        self.pool_status = Gauge(
+        self.itl = self._new(Histogram, f"{p}_inter_token_latency_seconds", "Gap between streamed token chunks of one request.", ["pool", "mode"], buckets=ITL_BUCKETS)
+        self.prompt_tokens = self._new(Counter, f"{p}_prompt_tokens", "Prompt tokens of finished requests.", ["pool", "mode"])
+        self.completion_tokens = self._new(Counter, f"{p}_completion_tokens", "Completion tokens (reasoning included) of finished requests.", ["pool", "mode"])
+        self.reasoning_tokens = self._new(Counter, f"{p}_reasoning_tokens", "Reasoning (thinking) tokens of finished requests.", ["pool", "mode"])
+        self.in_flight = self._new(Gauge, f"{p}_in_flight_requests", "Requests this router has sent to a pool and not finished.", ["pool"])
+        self.queued = self._new(Gauge, f"{p}_queued_requests", "In-flight requests beyond the pool's engine slots: waiting in Serve's queue.", ["pool"])
+        self.slots = self._new(Gauge, f"{p}_pool_slot_limit_requests", "Requests the pool's engines run at once (this router's share).", ["pool"])
+        self.queue_limit = self._new(Gauge, f"{p}_pool_queue_limit_requests", "Requests allowed to wait beyond the slots (this router's share).", ["pool"])
+        self.decision_latency = self._new(Histogram, f"{p}_route_decision_seconds", "Time the router takes to decide the mode.", buckets=DECISION_BUCKETS)
+        self.pool_healthy = self._new(Gauge, f"{p}_pool_healthy", "1 when a replica of the pool answers health checks, else 0 (refreshed by the router's background checks and at each scrape).", ["pool"])
+        self.pool_status = self._new(
+            Gauge,
             f"{p}_pool_status", "1 for the pool's current status (healthy, degraded or unhealthy), 0 for the others.",
-            ["pool", "status"], registry=r,
+            ["pool", "status"],
         )
         self._init_series(list(pools))
+
+    def _new(self, cls: Any, name: str, documentation: str, labels: Iterable[str] = (),
+             buckets: Optional[Tuple[float, ...]] = None) -> Any:
+        """A prometheus_client metric on this registry (histograms take `buckets`), mirrored
+        when this instance has a mirror factory."""
+        labels = tuple(labels)
+        extra = {"buckets": buckets} if cls is Histogram else {}
+        metric = cls(name, documentation, list(labels), registry=self.registry, **extra)
+        if self._mirror is None:
+            return metric
+        kind = {Counter: "counter", Gauge: "gauge", Histogram: "histogram"}[cls]
+        return _Mirrored(metric, self._mirror(kind, name, documentation, labels, buckets), labels)
 
     def _init_series(self, pools: list) -> None:
         """Create the bounded label sets up front, so the first event is a visible increase."""

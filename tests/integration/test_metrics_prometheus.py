@@ -311,6 +311,41 @@ def test_rejections_are_counted_by_reason(stack, prom):
     }
 
 
+# --- the router's metrics through Ray (metrics.ray_export) -------------------------------
+def test_router_metrics_are_also_exported_per_replica_through_ray(stack, prom):
+    """Every router replica records its metrics through Ray Serve's metrics as well; Ray's
+    port serves them as ray_qwen_serve_*, one series per replica (what the Helm chart's
+    PodMonitor collects, renamed, when several router replicas run). Summed over replicas,
+    they equal the router's own counts of everything this session sent so far (the
+    requests, tokens, latency histograms and rejections of the tests above)."""
+    keys = ("requests", "decisions", "e2e", "ttft", "ttfat", "itl", "prompt", "completion", "reasoning",
+            "rejections", "decision_latency")
+
+    def compare() -> Dict[str, Tuple[Dict, Dict]]:
+        fresh(prom, jobs=(ROUTER, RAY))
+        out = {}
+        for key in keys:
+            metric, labels = ROUTER_SERIES[key]
+            router = {k: v for k, v in by(prom, metric, labels).items() if v}
+            ray = {k: v for k, v in by(prom, f"ray_{metric}", labels, job=RAY).items() if v}
+            out[key] = (router, ray)
+        return out
+
+    deadline = time.monotonic() + 60  # Ray's agent exports every few seconds
+    while True:
+        pairs = compare()
+        if all(router == ray for router, ray in pairs.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    for key, (router, ray) in pairs.items():
+        assert router, f"{key}: no traffic counted yet"
+        assert ray == router, (key, router, ray)
+    rows = prom.query(f'ray_qwen_serve_requests_total{{job="{RAY}"}}')
+    assert rows and all(r["metric"].get("deployment") and r["metric"].get("replica") for r in rows), rows[:2]
+    print(f"\n[ray export] {len(rows)} request series through Ray; replicas "
+          f"{sorted({r['metric']['replica'] for r in rows})}; equal to the router's own for {len(keys)} metrics")
+
+
 # --- saturation: queue, degraded health, 429, downgrade, engine load ------------------------
 async def _hold(url: str, headers: Dict[str, str], opened: List[int], done: List[bool], stop: asyncio.Event) -> None:
     body = {"model": "qwen3-thinking", "messages": [{"role": "user", "content": "write a long essay"}],

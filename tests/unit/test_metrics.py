@@ -515,3 +515,80 @@ def test_classify_pool_health():
     assert full["status"] == "degraded" and full["reason"] == "recent TTFT 2.500s over SLO 2.000s; 15 requests in flight of 16 allowed"
     dead = classify(False, "timed out after 5s", 15, 8, 8, 9.0, 2.0)
     assert dead == {"status": "unhealthy", "reason": "no replica answered the health check (timed out after 5s)"}
+
+
+# --- the mirror into Ray Serve's metrics (server.metrics.ray_metric on the stack) -------
+class FakeMirrorMetric:
+    """What ray.serve.metrics records, per tag set: a counter's sum, a gauge's last value,
+    a histogram's count and sum."""
+
+    def __init__(self, kind: str, name: str, labels: tuple, buckets: Optional[tuple]) -> None:
+        self.kind, self.name, self.labels, self.buckets = kind, name, labels, buckets
+        self.values: Dict[tuple, Any] = {}
+
+    def _key(self, tags: Dict[str, str]) -> tuple:
+        assert set(tags) == set(self.labels) and all(isinstance(v, str) for v in tags.values()), tags
+        return tuple(sorted(tags.items()))
+
+    def inc(self, value: float, tags: Dict[str, str]) -> None:
+        assert value > 0  # Ray's counters raise on 0
+        key = self._key(tags)
+        self.values[key] = self.values.get(key, 0) + value
+
+    def set(self, value: float, tags: Dict[str, str]) -> None:
+        self.values[self._key(tags)] = value
+
+    def observe(self, value: float, tags: Dict[str, str]) -> None:
+        count, total_ = self.values.get(self._key(tags), (0, 0.0))
+        self.values[self._key(tags)] = (count + 1, total_ + value)
+
+
+def test_every_update_is_mirrored_with_the_same_labels_and_values(monkeypatch):
+    made: Dict[str, FakeMirrorMetric] = {}
+
+    def factory(kind, name, documentation, labels, buckets):
+        assert documentation and (buckets is not None) == (kind == "histogram")
+        made[name] = FakeMirrorMetric(kind, name, labels, buckets)
+        return made[name]
+
+    from server.ingress.api import create_app
+
+    monkeypatch.setenv("QWEN_SERVE_UNIT_KEYS", KEYS)
+    config = parse_config({
+        "pools": {"fast": {"model": "tiny-qwen3-dense"}, "thinking": {"model": "tiny-qwen3-moe"}},
+        "security": {"api_keys_env": "QWEN_SERVE_UNIT_KEYS"},
+    }, "unit")
+    m = ServeMetrics(registry=CollectorRegistry(), pools=config.pools, mirror=factory)
+    app = create_app(config, FakeBackend(), m)
+
+    async def run():
+        async with _client(app) as c:
+            await c.post("/v1/chat/completions", json=_chat("qwen3-fast"))
+            await c.post("/v1/chat/completions", json=_chat("qwen3-thinking", stream=True))
+            await c.post("/v1/chat/completions", json=_chat("qwen3-fast", stream=True))
+            await c.post("/v1/chat/completions", json={"model": "qwen3-fast"})  # 400
+        async with _client(app, key="sk-wrong") as c:
+            await c.post("/v1/chat/completions", json=_chat("qwen3-fast"))  # 401
+        async with _client(app) as c:
+            await c.get("/metrics")
+
+    asyncio.run(run())
+    prom = {f.name: f for f in text_string_to_metric_families(m.render().decode())}
+    assert set(made) == set(prom)  # one mirror per metric, under the same name
+    compared = 0
+    for name, mirror in made.items():
+        for s in prom[name].samples:
+            key = tuple(sorted((k, v) for k, v in s.labels.items() if k != "le"))
+            got = mirror.values.get(key)
+            if mirror.kind == "counter":
+                assert (got or 0) == s.value, (s, got)
+            elif mirror.kind == "gauge":
+                assert got == s.value, (s, got)
+            elif s.name.endswith("_count"):
+                assert (got or (0, 0))[0] == s.value, (s, got)
+            elif s.name.endswith("_sum"):
+                assert (got or (0, 0.0))[1] == pytest.approx(s.value), (s, got)
+            compared += 1
+    assert made[f"{PREFIX}_inter_token_latency_seconds"].values  # the streamed gaps were mirrored
+    assert made[f"{PREFIX}_rejections"].values[(("reason", "auth"),)] == 1
+    assert compared > 50

@@ -148,6 +148,10 @@ a RayService whose replicas stay pending forever.
 {{- if and .Values.monitoring.serviceMonitor.enabled $metrics.require_auth .Values.apiKeys.enabled (not .Values.monitoring.serviceMonitor.bearerTokenSecret.name) }}
 {{- fail "config.metrics.require_auth is true: set monitoring.serviceMonitor.bearerTokenSecret {name, key} to a Secret holding an API key, or Prometheus gets 401 from /metrics" }}
 {{- end }}
+{{- $pm := .Values.monitoring.podMonitor }}
+{{- if and .Values.monitoring.serviceMonitor.enabled $pm.enabled $pm.routerMetrics (ne (toString $metrics.ray_export) "false") }}
+{{- fail "monitoring.serviceMonitor and monitoring.podMonitor.routerMetrics both collect qwen_serve_* (the router's /metrics, and every router replica's copy through Ray's metrics port): the router's requests would count twice. Keep one: monitoring.serviceMonitor.enabled false (exact with any number of router replicas), or monitoring.podMonitor.routerMetrics false" }}
+{{- end }}
 {{- if and (eq .Values.rayService.upgradeStrategy "NewClusterWithIncrementalUpgrade") (not .Values.rayService.clusterUpgradeOptions.gatewayClassName) }}
 {{- fail "rayService.upgradeStrategy NewClusterWithIncrementalUpgrade needs rayService.clusterUpgradeOptions {gatewayClassName, stepSizePercent, intervalSeconds}" }}
 {{- end }}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from typing import Any, Dict
 
 import pytest
@@ -233,20 +234,29 @@ def test_secrets_are_mounted_and_referenced(rendered_examples):
 
 
 def test_monitoring_targets(rendered_examples):
-    r = rendered_examples["h200x8-two-pools-values.yaml"]
+    r = rendered_examples["gpu-30b-values.yaml"]
     service = r.rayservice["spec"]["serveService"]
     sm = r.one("ServiceMonitor")
     assert all(service["metadata"]["labels"][k] == v for k, v in sm["spec"]["selector"]["matchLabels"].items())
     assert sm["spec"]["endpoints"][0]["port"] == "serve" and sm["spec"]["endpoints"][0]["path"] == "/metrics"
-    assert sm["metadata"]["labels"]["release"] == "prometheus"
+    assert "metricRelabelings" not in r.one("PodMonitor")["spec"]["podMetricsEndpoints"][0]  # routerMetrics off
+
+    r = rendered_examples["h200x8-two-pools-values.yaml"]
+    assert not r.of_kind("ServiceMonitor")
     pm = r.one("PodMonitor")
+    assert pm["metadata"]["labels"]["release"] == "prometheus"
     pod_labels = r.rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["metadata"]["labels"]
     wanted = dict(pm["spec"]["selector"]["matchLabels"])
     assert wanted.pop("ray.io/is-ray-node") == "yes"  # set by KubeRay on every Ray pod
     assert all(pod_labels[k] == v for k, v in wanted.items())
     endpoint = pm["spec"]["podMetricsEndpoints"][0]
     assert endpoint["port"] == "metrics"
-    assert endpoint["metricRelabelings"] == [{"sourceLabels": ["__name__"], "regex": "ray_vllm_.*|ray_serve_.*|ray_node_.*", "action": "keep"}]
+    keep, rename = endpoint["metricRelabelings"]
+    assert keep == {"sourceLabels": ["__name__"], "regex": "ray_vllm_.*|ray_serve_.*|ray_node_.*|ray_qwen_serve_.*", "action": "keep"}
+    # The router replicas' copies through Ray get the names the dashboard and alerts use.
+    assert rename == {"sourceLabels": ["__name__"], "regex": "ray_(qwen_serve_.+)", "targetLabel": "__name__", "replacement": "$1"}
+    assert re.fullmatch(rename["regex"], "ray_qwen_serve_requests_total").expand(rename["replacement"].replace("$1", r"\1")) == "qwen_serve_requests_total"
+    assert re.fullmatch(keep["regex"], "ray_qwen_serve_requests_total")
     rule = r.one("PrometheusRule")
     assert rule["spec"] == yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
     pdb = r.one("PodDisruptionBudget")

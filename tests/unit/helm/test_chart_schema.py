@@ -116,9 +116,19 @@ def test_schema_rejects_bad_values(chart, values, message):
      "terminationGracePeriodSeconds (20) must exceed config.server.graceful_shutdown_timeout_s (30)"),
     ({"configFile": "applications: [{name: other, import_path: other.app:build}]"},
      "configFile: a Serve config file must hold exactly one application with import_path server.app:build_app"),
+    ({"monitoring": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}}},
+     "monitoring.serviceMonitor and monitoring.podMonitor.routerMetrics both collect qwen_serve_*"),
 ])
 def test_chart_checks_reject_inconsistent_values(chart, values, message):
     assert message in error_of(chart, values)
+
+
+@pytest.mark.parametrize("monitoring,config", [
+    ({"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True, "routerMetrics": False}}, {}),
+    ({"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}}, {"metrics": {"ray_export": False}}),
+])
+def test_router_metrics_from_one_source_render(chart, monitoring, config):
+    chart.render({"monitoring": monitoring, "config": config}, name="qs", namespace="llm")
 
 
 def test_gpu_pool_that_fits_renders(chart):
