@@ -8,11 +8,16 @@ The router serves these at `/metrics` on the Serve HTTP port. vLLM's engine metr
 not re-exported here: Ray Serve LLM records them through Ray's metrics agent, which
 serves them (as `ray_vllm_*`, labelled `model_name=<pool>`) with Ray Serve's own
 `ray_serve_*` metrics on Ray's metrics export port. deploy/METRICS.md lists both targets.
+
+Inside Ray Serve each router replica also mirrors every update into Ray Serve's metrics
+(`ray_metric`, `metrics.ray_export`): Ray's port serves them as `ray_qwen_serve_*`, one
+series per replica, which is what stays exact when several router replicas run.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Tuple
+import asyncio
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -35,6 +40,9 @@ REJECTION_REASONS = ("auth", "rate_limit", "queue_full", "pool_unavailable", "ba
 POOL_STATUSES = ("healthy", "degraded", "unhealthy")
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Seconds between re-recordings of the mirrored gauges (Ray forgets a gauge series after two
+# export intervals without a recording: 20 s on its defaults).
+MIRROR_GAUGE_REFRESH_S = 5.0
 
 
 class _WithoutCreated:
@@ -53,12 +61,13 @@ class _Mirrored:
     """A prometheus_client metric, or one labelled series of it, whose every update is also
     made on a mirror metric: the same value, the label values as the mirror's tags."""
 
-    __slots__ = ("_metric", "_mirror", "_keys", "_tags", "_children")
+    __slots__ = ("_metric", "_mirror", "_keys", "_tags", "_children", "_last")
 
     def __init__(self, metric: Any, mirror: Any, keys: Tuple[str, ...] = (), tags: Optional[Dict[str, str]] = None) -> None:
         self._metric, self._mirror, self._keys = metric, mirror, keys
         self._tags = tags or {}
         self._children: Dict[Tuple[Any, ...], "_Mirrored"] = {}
+        self._last: Optional[float] = None  # a gauge's last value, recorded again by resend()
 
     def labels(self, *values: Any) -> "_Mirrored":
         child = self._children.get(values)
@@ -79,6 +88,15 @@ class _Mirrored:
     def set(self, value: float) -> None:
         self._metric.set(value)
         self._mirror.set(value, self._tags)
+        self._last = value
+
+    def resend(self) -> None:
+        """Record each gauge series' last value again. Ray drops a gauge series that was not
+        recorded for two export intervals (~20 s): a limit set once at start-up would vanish."""
+        if self._last is not None:
+            self._mirror.set(self._last, self._tags)
+        for child in self._children.values():
+            child.resend()
 
 
 def ray_metric(kind: str, name: str, documentation: str, labels: Tuple[str, ...],
@@ -111,6 +129,7 @@ class ServeMetrics:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self._slots: dict = {}
         self._mirror = mirror
+        self._gauges: List[_Mirrored] = []
         p = PREFIX
         self.requests = self._new(Counter, f"{p}_requests", "Requests finished, by pool, mode and HTTP status (pool and mode are 'none' when refused before routing).", ["pool", "mode", "status"])
         self.route_decisions = self._new(Counter, f"{p}_route_decisions", "Mode decisions by mode and reason.", ["mode", "reason"])
@@ -155,7 +174,25 @@ class ServeMetrics:
         if self._mirror is None:
             return metric
         kind = {Counter: "counter", Gauge: "gauge", Histogram: "histogram"}[cls]
-        return _Mirrored(metric, self._mirror(kind, name, documentation, labels, buckets), labels)
+        mirrored = _Mirrored(metric, self._mirror(kind, name, documentation, labels, buckets), labels)
+        if kind == "gauge":
+            self._gauges.append(mirrored)
+        return mirrored
+
+    @property
+    def mirrored(self) -> bool:
+        return self._mirror is not None
+
+    def resend_gauges(self) -> None:
+        """Record every mirrored gauge's current value again (no-op without a mirror). The
+        app's lifespan calls this every few seconds (`keep_gauges_fresh`)."""
+        for metric in self._gauges:
+            metric.resend()
+
+    async def keep_gauges_fresh(self, interval_s: float = MIRROR_GAUGE_REFRESH_S) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            self.resend_gauges()
 
     def _init_series(self, pools: list) -> None:
         """Create the bounded label sets up front, so the first event is a visible increase."""

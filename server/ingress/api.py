@@ -206,11 +206,13 @@ def create_app(config: AppConfig, backend: PoolBackend, metrics: Optional[ServeM
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         interval = config.router.load.health_check_interval_s
         checker = asyncio.create_task(ingress.health.run(interval)) if interval > 0 else None
+        gauges = asyncio.create_task(metrics.keep_gauges_fresh()) if metrics.mirrored else None
         try:
             yield
         finally:
-            if checker is not None:
-                checker.cancel()
+            for task in (checker, gauges):
+                if task is not None:
+                    task.cancel()
 
     app = FastAPI(title="qwen-serve", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.ingress = ingress

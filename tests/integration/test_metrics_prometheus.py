@@ -340,6 +340,11 @@ def test_router_metrics_are_also_exported_per_replica_through_ray(stack, prom):
     for key, (router, ray) in pairs.items():
         assert router, f"{key}: no traffic counted yet"
         assert ray == router, (key, router, ray)
+    # Gauges too, including the limits set once at start-up minutes ago (recorded again
+    # every few seconds: Ray forgets a gauge not recorded for ~20 s).
+    for gauge in ("qwen_serve_pool_slot_limit_requests", "qwen_serve_pool_queue_limit_requests", "qwen_serve_pool_healthy"):
+        router = by(prom, gauge, ("pool",))
+        assert router and by(prom, f"ray_{gauge}", ("pool",), job=RAY) == router, gauge
     rows = prom.query(f'ray_qwen_serve_requests_total{{job="{RAY}"}}')
     assert rows and all(r["metric"].get("deployment") and r["metric"].get("replica") for r in rows), rows[:2]
     print(f"\n[ray export] {len(rows)} request series through Ray; replicas "

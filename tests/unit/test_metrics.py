@@ -537,6 +537,7 @@ class FakeMirrorMetric:
 
     def set(self, value: float, tags: Dict[str, str]) -> None:
         self.values[self._key(tags)] = value
+        self.sets = getattr(self, "sets", 0) + 1
 
     def observe(self, value: float, tags: Dict[str, str]) -> None:
         count, total_ = self.values.get(self._key(tags), (0, 0.0))
@@ -592,3 +593,32 @@ def test_every_update_is_mirrored_with_the_same_labels_and_values(monkeypatch):
     assert made[f"{PREFIX}_inter_token_latency_seconds"].values  # the streamed gaps were mirrored
     assert made[f"{PREFIX}_rejections"].values[(("reason", "auth"),)] == 1
     assert compared > 50
+
+
+def test_mirrored_gauges_are_recorded_again_so_ray_keeps_them():
+    made: Dict[str, FakeMirrorMetric] = {}
+
+    def factory(kind, name, documentation, labels, buckets):
+        made[name] = FakeMirrorMetric(kind, name, labels, buckets)
+        return made[name]
+
+    m = ServeMetrics(registry=CollectorRegistry(), pools=["fast"], mirror=factory)
+    m.set_pool_limits({"fast": type("L", (), {"slots": 4, "queue_limit": 2})()})  # once, at start-up
+    limit = made[f"{PREFIX}_pool_queue_limit_requests"]
+    assert limit.values == {(("pool", "fast"),): 2} and limit.sets == 1
+    m.set_load("fast", 5)
+    m.resend_gauges()
+    m.resend_gauges()
+    assert limit.sets == 3 and limit.values == {(("pool", "fast"),): 2}
+    assert made[f"{PREFIX}_queued_requests"].values == {(("pool", "fast"),): 1}
+    assert made[f"{PREFIX}_in_flight_requests"].sets == 4  # start-up 0, then 5 three times
+    assert not hasattr(made[f"{PREFIX}_requests"], "sets")  # counters are cumulative in Ray: never resent
+    assert m.mirrored and not ServeMetrics(registry=CollectorRegistry()).mirrored
+
+    async def refresh_for_a_while():
+        task = asyncio.create_task(m.keep_gauges_fresh(interval_s=0.01))
+        await asyncio.sleep(0.2)
+        task.cancel()
+
+    asyncio.run(refresh_for_a_while())
+    assert limit.sets >= 5
