@@ -235,7 +235,7 @@ class MetricsConfig(StrictModel):
     engine_metrics: bool = Field(True, description="Export vLLM engine metrics through Ray's metrics port.")
     ray_export: bool = Field(
         True,
-        description="Also record the router's metrics through Ray Serve's metrics (about 2.5 us per update), exported "
+        description="Also record the router's metrics through Ray Serve's metrics (3-4 us per update), exported "
         "as ray_qwen_serve_* on every node's Ray metrics port with one series per router replica: exact sums "
         "however many router replicas run (Helm's PodMonitor renames them to qwen_serve_*).",
     )

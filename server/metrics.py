@@ -104,7 +104,7 @@ def ray_metric(kind: str, name: str, documentation: str, labels: Tuple[str, ...]
     """A Ray Serve metric (`ray.serve.metrics`) to mirror one of ours. Ray's metrics agent
     exports it on the node's metrics port as `ray_<name>` (counters with `_total`), with
     the replica's `deployment` and `replica` tags: one series per router replica, so sums
-    over replicas are exact however many there are. Recording costs ~2.5 us."""
+    over replicas are exact however many there are. Recording costs 3-4 us (prometheus_client: under 1 us)."""
     from ray.serve import metrics as serve_metrics
 
     if kind == "counter":
