@@ -341,7 +341,7 @@ def test_router_metrics_are_also_exported_per_replica_through_ray(stack, prom):
         assert router, f"{key}: no traffic counted yet"
         assert ray == router, (key, router, ray)
     # Gauges too, including the limits set once at start-up minutes ago (recorded again
-    # every few seconds: Ray forgets a gauge not recorded for ~20 s).
+    # every second: Ray forgets a gauge not recorded for two export intervals).
     for gauge in ("qwen_serve_pool_slot_limit_requests", "qwen_serve_pool_queue_limit_requests", "qwen_serve_pool_healthy"):
         router = by(prom, gauge, ("pool",))
         assert router and by(prom, f"ray_{gauge}", ("pool",), job=RAY) == router, gauge
