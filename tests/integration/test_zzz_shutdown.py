@@ -106,8 +106,8 @@ def test_sigterm_lets_in_flight_streams_finish(stack):
     ctx = multiprocessing.get_context("spawn")
     queue, go = ctx.Queue(), ctx.Event()
     child = ctx.Process(target=_read_streams, args=(stack.url, stack.headers(), pools, queue, go), daemon=True)
-    # Start the child (a fresh interpreter importing httpx: seconds, and once 46 s on a busy
-    # machine) before any stream, so that the streams start only once the gate below watches.
+    # Start the child (a fresh interpreter) before any stream: once, 46 s passed around
+    # child.start() on a busy machine, and the streams ended before the gate below saw them.
     child.start()
     assert queue.get(timeout=120) == "started"
     _, finished_before = _router_view(stack.url)
