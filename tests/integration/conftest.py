@@ -73,7 +73,7 @@ def _stop(proc: subprocess.Popen) -> None:
         return
     proc.send_signal(signal.SIGTERM)  # handled like Ctrl-C; SIGINT is ignored in background jobs
     try:
-        proc.wait(timeout=150)  # the launcher drains for up to graceful_shutdown_timeout_s
+        proc.wait(timeout=240)  # the launcher drains for up to graceful_shutdown_timeout_s (180 s)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
