@@ -46,12 +46,7 @@ def samples(text: str, *names: str) -> List[Tuple[str, Dict[str, str], float]]:
 
 
 def _name_of(line: str) -> str:
-    end = len(line)
-    for sep in ("{", " "):
-        i = line.find(sep)
-        if 0 <= i < end:
-            end = i
-    return line[:end]
+    return line.split("{", 1)[0].split(" ", 1)[0]
 
 
 def metric_sum(text: str, name: str, **labels: str) -> float:
