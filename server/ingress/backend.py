@@ -29,6 +29,9 @@ class PoolBackend(Protocol):
     async def check(self, pool: str, timeout_s: float) -> None:
         """Raise if no replica of `pool` answers a health check in time."""
 
+    def assigned(self, stream: PoolStream) -> bool:
+        """Whether a replica has taken the request (False while it waits for one)."""
+
 
 class EngineUnavailable(Exception):
     """No replica could take the request (all dead, or Serve's queue is full)."""
@@ -46,3 +49,12 @@ class RayPoolBackend:
 
     async def check(self, pool: str, timeout_s: float) -> None:
         await asyncio.wait_for(self._plain[pool].check_health.remote(), timeout_s)
+
+    def assigned(self, stream: PoolStream) -> bool:
+        # Serve resolves this future when its router hands the request to a replica. It is
+        # not public API: without it every request counts as waiting, the safe side for
+        # a dead pool (its waiting requests get 503 rather than wait for their deadline).
+        future = getattr(stream, "_replica_result_future", None)
+        if future is None or not future.done() or future.cancelled():
+            return False
+        return future.exception() is None

@@ -125,22 +125,25 @@ class Forwarder:
         self.retry_after_s = retry_after_s
 
     async def _first_item(self, stream: Any, pool: str, timeout_s: float) -> Any:
-        """The engine's first item; a request still waiting for it when the pool is found
-        down (its replica died, or it is shutting down) ends with 503 pool_unavailable."""
+        """The engine's first item. A request still waiting for a replica when the pool is
+        found down (its replicas died, or are shutting down) ends with 503 pool_unavailable
+        rather than waiting for its deadline. One a replica has taken keeps waiting: a
+        replica shutting down finishes what it took, and a dead one fails it at once."""
         if self.pool_down is None:
             return await _next_item(stream, timeout_s)
         down = self.pool_down(pool)
-        if down.done():
+        if down.done() and not self.backend.assigned(stream):
             raise PoolDown(pool)
         first = asyncio.ensure_future(_next_item(stream, timeout_s))
         try:
-            await asyncio.wait((first, down), return_when=asyncio.FIRST_COMPLETED)
+            if not down.done():
+                await asyncio.wait((first, down), return_when=asyncio.FIRST_COMPLETED)
+            if not first.done() and not self.backend.assigned(stream):
+                raise PoolDown(pool)
+            return await first
         finally:
             if not first.done():
                 first.cancel()
-        if first.done() and not first.cancelled():
-            return first.result()
-        raise PoolDown(pool)
 
     def _count_usage(self, info: CallInfo, usage: Optional[Dict[str, Any]]) -> None:
         if not usage:

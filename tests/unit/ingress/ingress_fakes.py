@@ -29,10 +29,11 @@ class FakeStream:
     """Yields scripted items: str / list (SSE frames), dict (a full response), an
     exception instance (raised), a float (sleep that many seconds first) or HANG."""
 
-    def __init__(self, items: List[Any]) -> None:
+    def __init__(self, items: List[Any], assigned: bool = False) -> None:
         self.items = list(items)
         self.cancelled = False
         self.pulled = 0
+        self.assigned = assigned  # a replica has taken it (else it waits in Serve's queue)
 
     def __aiter__(self) -> "FakeStream":
         return self
@@ -70,10 +71,11 @@ class FakeBackend:
         self.down: set = set()  # pools whose health check fails
         self.check_outcomes: Dict[str, List[bool]] = {}  # scripted per pool, then as `down` says
         self.checks = 0
+        self.assign: Callable[[str], bool] = lambda pool: False  # whether a replica takes each call at once
 
     def call(self, kind: str, pool: str, request: Any) -> FakeStream:
         self.calls.append({"kind": kind, "pool": pool, "request": request})
-        stream = FakeStream(self.factory(kind, pool, request))
+        stream = FakeStream(self.factory(kind, pool, request), assigned=self.assign(pool))
         self.streams.append(stream)
         return stream
 
@@ -86,6 +88,9 @@ class FakeBackend:
             return
         if not self.healthy or pool in self.down:
             raise RuntimeError("replica down")
+
+    def assigned(self, stream: FakeStream) -> bool:
+        return stream.assigned
 
 
 def sse(kind: str, tokens: List[str], usage: bool = True) -> List[Any]:

@@ -128,6 +128,24 @@ def test_a_request_waiting_on_a_pool_that_goes_down_gets_503(keys_env):
         assert fast.status_code == 200
 
 
+def test_a_request_a_replica_took_finishes_although_the_pool_goes_down(keys_env):
+    """Graceful shutdown: Serve stops routing to the draining replicas, so the pool's health
+    check fails, but a replica that took a request finishes it. That request (still waiting
+    for its slow first token when the pool is found down) gets its answer, not a 503."""
+    import threading
+
+    backend = FakeBackend(lambda kind, pool, request: [1.5] + default_factory(kind, pool, request))
+    backend.assign = lambda pool: True
+    app = create_app(make_config(router__load__health_check_interval_s=0.1, server__request_timeout_s=30), backend)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        threading.Timer(0.5, lambda: backend.down.add("thinking")).start()
+        r = client.post("/v1/chat/completions", json=_chat("qwen3-thinking"), headers=bearer())
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"]
+        assert not backend.streams[-1].cancelled
+        assert client.get("/health", params={"verbose": 1}).json()["pools"]["thinking"]["status"] == "unhealthy"
+
+
 def test_logs_tell_a_starting_pool_from_one_that_went_down(keys_env, caplog):
     """A pool that never answered is starting (INFO); one that answered and then stops is
     down (WARNING), and its return is a WARNING too."""
