@@ -217,8 +217,9 @@ class Forwarder:
         if name == "BackPressureError":
             return APIError(503, "Pool queue is full; retry later", code="queue_full", headers={"Retry-After": "1"}, reason="queue_full")
         if isinstance(exc, PoolDown):
-            return pool_unavailable(f"pool {exc.args[0]} stopped answering health checks while this request waited",
-                                    self.retry_after_s)
+            return pool_unavailable(
+                f"pool {exc.args[0]} stopped answering health checks while this request waited for a replica",
+                self.retry_after_s)
         if isinstance(exc, StopAsyncIteration):
             return APIError(502, "Engine closed the stream without a response", reason="engine_error")
         cause = getattr(exc, "cause", None) if name.startswith("RayTaskError") else None
