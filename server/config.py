@@ -41,7 +41,8 @@ class ServerConfig(StrictModel):
     ray_address: Optional[str] = Field(
         None,
         description="Ray cluster to join ('auto', 'ray://host:10001' or 'host:6379'); "
-        "None starts a local Ray instance.",
+        "None starts a local Ray instance. On stop, `up` deletes its app from a joined "
+        "cluster and leaves the cluster's Serve running.",
     )
     num_cpus: Optional[float] = Field(
         None,

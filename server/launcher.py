@@ -195,19 +195,26 @@ class Launcher:
             _say(f"  starting a local Ray instance ({num_cpus:g} logical CPUs)")
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                      _metrics_export_port=self.config.server.ray_metrics_port)
-            _say(f"  Ray is up at {ray.get_runtime_context().gcs_address} "
-                 f"(qwen-serve status --address {ray.get_runtime_context().gcs_address})")
         else:
             _say(f"  joining the Ray cluster at {self.config.server.ray_address}")
             ray.init(address=self.config.server.ray_address, log_to_driver=False)
-        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        # Handled explicitly, not as KeyboardInterrupt: a shell starts a background job with
+        # SIGINT ignored, and Python then never raises it, so `kill -INT` did nothing.
+        # (After ray.init, which sets its own SIGTERM handler.)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        if local:
+            _say(f"  Ray is up at {ray.get_runtime_context().gcs_address} "
+                 f"(qwen-serve status --address {ray.get_runtime_context().gcs_address})")
         try:
             serve.start(http_options={"host": self.config.server.host, "port": proxy_port if local else self.config.server.port})
             app = build_app(self.config)
+            if self._stop.is_set():
+                return 0  # stopped while Ray started: nothing deployed yet
             worker = threading.Thread(target=self._deploy, args=(app,), daemon=True)
             worker.start()
             if not self._wait_ready(started) or not self._wait_http(started):
-                return 1
+                return 0 if self._stop.is_set() else 1  # stopped while starting: not a failure
             if local and self.config.server.direct_ingress:
                 shown = self.url().rsplit(":", 1)[0]
                 _say(f"  direct ingress: the router answers on {self.url()}; Ray Serve's proxy "
@@ -220,13 +227,22 @@ class Launcher:
             return 0
         finally:
             _say("qwen-serve: shutting down (in-flight requests get up to "
-                 f"{self.config.server.graceful_shutdown_timeout_s:g}s to finish)")
+                 f"{self.config.server.graceful_shutdown_timeout_s:g}s to finish; Ctrl-C again stops now)")
             try:
                 self._drain()
-                serve.shutdown()
+                if local:
+                    serve.shutdown()  # a joined cluster's Serve may run other apps: only ours goes
+            except KeyboardInterrupt:
+                _say("  stopping now, without waiting for in-flight requests")
             finally:
                 ray.shutdown()
             _say("qwen-serve: stopped")
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """SIGTERM or Ctrl-C: stop gracefully. A second Ctrl-C during the drain stops now."""
+        if signum == signal.SIGINT and self._stop.is_set():
+            raise KeyboardInterrupt
+        self._stop.set()
 
     def _drain(self) -> None:
         """Delete the app and wait while its replicas finish their requests.
@@ -267,7 +283,8 @@ class Launcher:
             except Exception:  # noqa: BLE001 - not listening yet
                 pass
             time.sleep(0.5)
-        print(f"error: the router is not ready at {self.url()}/ready", file=sys.stderr)
+        if not self._stop.is_set():
+            print(f"error: the router is not ready at {self.url()}/ready", file=sys.stderr)
         return False
 
     def _wait_ready(self, started: float) -> bool:
