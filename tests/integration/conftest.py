@@ -71,7 +71,7 @@ def pytest_collection_modifyitems(items):
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is not None:
         return
-    proc.send_signal(signal.SIGTERM)  # handled like Ctrl-C; SIGINT is ignored in background jobs
+    proc.send_signal(signal.SIGTERM)  # what systemd and docker stop send; handled like Ctrl-C
     try:
         proc.wait(timeout=240)  # the launcher drains for up to graceful_shutdown_timeout_s (180 s)
     except subprocess.TimeoutExpired:
