@@ -1,0 +1,28 @@
+"""What the router's pool-down rule rests on, checked on real Ray Serve (its own small Ray
+instance in a subprocess, no engine, ~30 s): Serve's assignment future tells a request a
+replica took from one waiting for a replica, the pool's health check fails while its app
+is deleted, and the replica still answers what it took. So the router ends only waiting
+requests with 503 when a pool is found down (tests/unit/ingress/test_ingress_health.py
+checks the router's side with a fake backend)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PROBE = Path(__file__).with_name("serve_assignment_probe.py")
+
+
+def test_serve_assignment_and_drain_as_the_router_assumes():
+    proc = subprocess.run([sys.executable, str(PROBE)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("PROBE_JSON=")]
+    assert proc.returncode == 0 and lines, f"probe failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    facts = json.loads(lines[0].removeprefix("PROBE_JSON="))
+    print(f"\n[assignment] {facts}")
+    assert facts["taken_assigned"] is True
+    assert facts["waiting_assigned"] is False and facts["waiting_assigned_at_end"] is False
+    assert facts["check_during_drain"] != "answered"  # the pool looks down while it drains...
+    assert facts["taken_items"] == ["first", "second"]  # ...and still answers what it took
