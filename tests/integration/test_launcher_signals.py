@@ -9,6 +9,7 @@ ready yet), the case that must not leave Ray behind or end in a traceback.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -36,19 +37,16 @@ def _listening(address: str) -> bool:
         return s.connect_ex((host, int(port))) == 0
 
 
-def _as_background_job() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # what `cmd &` in a script does
-
-
 def test_sigint_while_starting_stops_cleanly_as_a_background_job(tmp_path):
     doc = {"server": {"host": "127.0.0.1", "port": _free_port(), "ray_metrics_port": _free_port()},
            "pools": {"thinking": {"model": "tiny-qwen3-moe", "accelerator": "cpu"},
                      "fast": {"model": "tiny-qwen3-dense", "accelerator": "cpu"}}}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(doc))
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "up", str(path)], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_as_background_job,
-                            start_new_session=True)
+    # `trap "" INT` then exec: SIGINT ignored, as a shell leaves it for `cmd &` in a script.
+    command = f'trap "" INT; exec {shlex.quote(sys.executable)} -m server.cli up {shlex.quote(str(path))}'
+    proc = subprocess.Popen(["bash", "-c", command], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     lines: List[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
