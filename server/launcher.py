@@ -204,8 +204,8 @@ class Launcher:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         if local:
-            _say(f"  Ray is up at {ray.get_runtime_context().gcs_address} "
-                 f"(qwen-serve status --address {ray.get_runtime_context().gcs_address})")
+            gcs = ray.get_runtime_context().gcs_address
+            _say(f"  Ray is up at {gcs} (qwen-serve status --address {gcs})")
         try:
             serve.start(http_options={"host": self.config.server.host, "port": proxy_port if local else self.config.server.port})
             app = build_app(self.config)

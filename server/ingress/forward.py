@@ -132,8 +132,6 @@ class Forwarder:
         if self.pool_down is None:
             return await _next_item(stream, timeout_s)
         down = self.pool_down(pool)
-        if down.done() and not self.backend.assigned(stream):
-            raise PoolDown(pool)
         first = asyncio.ensure_future(_next_item(stream, timeout_s))
         try:
             if not down.done():

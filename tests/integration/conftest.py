@@ -11,7 +11,6 @@ import fcntl
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from typing import Dict
 import httpx
 import pytest
 import yaml
+
+from stackprobe import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK_YAML = Path(__file__).with_name("stack.yaml")
@@ -78,11 +79,6 @@ def _stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import httpx
 import yaml
+
+from stackprobe import free_port
 
 Labels = Tuple[Tuple[str, str], ...]
 
@@ -34,11 +35,6 @@ def binary(name: str = "prometheus") -> str:
         raise PrometheusError(f"'{name}' is not installed: `bash deploy/install.sh --test` installs Debian's 'prometheus' package")
     return path
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def scrape_config(targets: Mapping[str, str], interval: str = "1s", rule_files: Sequence[str] = ()) -> Dict:
@@ -160,7 +156,7 @@ def run_prometheus(targets: Mapping[str, str], work_dir: Path, interval: str = "
     work_dir.mkdir(parents=True, exist_ok=True)
     config_path = work_dir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(scrape_config(targets, interval, rule_files), sort_keys=False))
-    port = _free_port()
+    port = free_port()
     log_path = work_dir / "prometheus.log"
     cmd = [
         binary(), f"--config.file={config_path}", f"--storage.tsdb.path={work_dir / 'data'}",

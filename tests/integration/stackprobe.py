@@ -8,18 +8,41 @@ from __future__ import annotations
 
 import collections
 import glob
+import json
 import os
+import socket
+import subprocess
+import sys
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 # The names vLLM's engine metrics get on Ray's metrics port (Ray Serve LLM records them
 # through Ray's metrics agent: `vllm:num_requests_running` becomes this).
 ENGINE_RUNNING = "ray_vllm_num_requests_running"
 ENGINE_WAITING = "ray_vllm_num_requests_waiting"
 ENGINE_KV_USAGE = "ray_vllm_kv_cache_usage_perc"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_probe(script: Any, *args: str, env: Optional[Dict[str, str]] = None, timeout: float = 300) -> Dict[str, Any]:
+    """Run a probe script in its own Python process; return the JSON it printed on its last
+    ``PROBE_JSON=`` line (fails the test with the probe's stderr if there is none)."""
+    proc = subprocess.run([sys.executable, str(script), *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("PROBE_JSON=")]
+    assert proc.returncode == 0 and lines, f"probe failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    return json.loads(lines[-1][len("PROBE_JSON="):])
 
 
 # One client for every probe: a fresh `httpx.get` builds an SSL context each call (10-40 ms

@@ -7,20 +7,15 @@ checks the router's side with a fake backend)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from stackprobe import run_probe
+
 PROBE = Path(__file__).with_name("serve_assignment_probe.py")
 
 
 def test_serve_assignment_and_drain_as_the_router_assumes():
-    proc = subprocess.run([sys.executable, str(PROBE)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("PROBE_JSON=")]
-    assert proc.returncode == 0 and lines, f"probe failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
-    facts = json.loads(lines[0].removeprefix("PROBE_JSON="))
+    facts = run_probe(PROBE)
     print(f"\n[assignment] {facts}")
     assert facts["taken_assigned"] is True
     assert facts["waiting_assigned"] is False and facts["waiting_assigned_at_end"] is False

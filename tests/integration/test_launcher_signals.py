@@ -21,13 +21,10 @@ from typing import List
 
 import yaml
 
+from stackprobe import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _listening(address: str) -> bool:
@@ -38,7 +35,7 @@ def _listening(address: str) -> bool:
 
 
 def test_sigint_while_starting_stops_cleanly_as_a_background_job(tmp_path):
-    doc = {"server": {"host": "127.0.0.1", "port": _free_port(), "ray_metrics_port": _free_port()},
+    doc = {"server": {"host": "127.0.0.1", "port": free_port(), "ray_metrics_port": free_port()},
            "pools": {"thinking": {"model": "tiny-qwen3-moe", "accelerator": "cpu"},
                      "fast": {"model": "tiny-qwen3-dense", "accelerator": "cpu"}}}
     path = tmp_path / "config.yaml"

@@ -13,7 +13,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import pytest
 from loadtest.config import LoadConfig, MetricsConfig, RunConfig, WorkloadConfig
 from loadtest.runner import run
 from loadtest.workload import PromptMaker
+from stackprobe import free_port
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(420)]
 
@@ -38,18 +38,13 @@ TOL_TTFT = 0.50  # relative, or within TOL_TTFT_ABS_MS
 TOL_TTFT_ABS_MS = 60.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory):
     from server.models import ensure_tiny_model
 
     model_dir = ensure_tiny_model("tiny-qwen3-dense")
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("vllm") / "server.log"
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),

@@ -20,8 +20,6 @@ import json
 import math
 import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,21 +28,15 @@ from server import sharding
 from server.catalog import load_catalog
 from server.models import ensure_tiny_model
 from server.planner import plan_from_request
+from stackprobe import run_probe
 
 PROBE = Path(__file__).with_name("planner_engine_probe.py")
-REPO = Path(__file__).resolve().parents[2]
 CAT = load_catalog()
 
 
 def _probe(name: str, engine_kwargs: dict, kv_space_gib: int) -> dict:
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(kv_space_gib), VLLM_ALLOW_INSECURE_SERIALIZATION="1")
-    proc = subprocess.run(
-        [sys.executable, str(PROBE), name, json.dumps(engine_kwargs)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("PROBE_JSON=")]
-    assert proc.returncode == 0 and lines, f"probe failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
-    return json.loads(lines[-1][len("PROBE_JSON="):])
+    return run_probe(PROBE, name, json.dumps(engine_kwargs), env=env)
 
 
 def _check_layers(name: str, facts: dict) -> int:

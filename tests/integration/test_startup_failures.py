@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stackprobe import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = {
     "server": {"host": "127.0.0.1", "port": 0},
@@ -18,11 +20,6 @@ GOOD = {
               "fast": {"model": "tiny-qwen3-dense", "accelerator": "cpu"}},
 }
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _up(tmp_path, doc, timeout=120):
@@ -36,7 +33,7 @@ def _up(tmp_path, doc, timeout=120):
 
 def _doc(**pool_changes):
     doc = yaml.safe_load(yaml.safe_dump(GOOD))
-    doc["server"]["port"] = _free_port()
+    doc["server"]["port"] = free_port()
     for key, value in pool_changes.items():
         doc["pools"]["fast"][key] = value
     return doc
