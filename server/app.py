@@ -232,6 +232,13 @@ class LocalPoolBackend:
         else:
             await self._others.check(pool, timeout_s)
 
+    def assigned(self, stream: Any) -> bool:
+        # The own pool's requests run on this replica's engine from the start: they are
+        # taken, and the replica that took them is the one answering this request.
+        if isinstance(stream, _LocalStream):
+            return True
+        return self._others.assigned(stream)
+
 
 class RouterPoolServer(PoolServer):
     """A pool replica that also serves the router's HTTP app (server.router_placement).

@@ -97,8 +97,8 @@ def test_free_proxy_port_really_binds():
 class FakeServer:
     """LLMServer's shapes: `chat` is a coroutine returning an async generator of lists."""
 
-    def __init__(self, items: List[Any], hang: bool = False) -> None:
-        self.items, self.hang = items, hang
+    def __init__(self, items: List[Any], hang: bool = False, first_delay_s: float = 0.0) -> None:
+        self.items, self.hang, self.first_delay_s = items, hang, first_delay_s
         self.events: List[str] = []
         self.healthy = True
 
@@ -107,6 +107,7 @@ class FakeServer:
 
         async def gen():
             try:
+                await asyncio.sleep(self.first_delay_s)
                 for item in self.items:
                     yield [item]
                 if self.hang:
@@ -183,6 +184,58 @@ def test_local_health_check():
     server.healthy = False
     with pytest.raises(RuntimeError):
         asyncio.run(backend.check("hybrid", 1.0))
+
+
+def test_in_pool_router_answers_what_its_engine_took_while_the_pool_check_fails():
+    """A pool replica that hosts the router, shutting down: its pool stops answering the
+    router's health checks, but the request its own engine already runs is finished and
+    answered (200), not ended with 503 while it waits for a slow first token."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from server.ingress.api import create_app
+    from server.metrics import ServeMetrics
+
+    frames = [f'data: {{"choices":[{{"index":0,"delta":{{"content":"{t}"}}}}]}}\n\n' for t in "ab"]
+    server = FakeServer(frames + ["data: [DONE]\n\n"], first_delay_s=1.5)
+    doc = {
+        "server": {"request_timeout_s": 30},
+        "pools": {"hybrid": {"model": "tiny-qwen3-dense", "accelerator": "cpu"}},
+        "router": {"modes": {"thinking": {"pool": "hybrid"}, "fast": {"pool": "hybrid"}},
+                   "load": {"health_check_interval_s": 0.1}},
+    }
+    app = create_app(parse_config(doc), LocalPoolBackend("hybrid", server, {}), ServeMetrics())
+    body = {"model": "qwen3-fast", "stream": True, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+
+    def go_down() -> None:
+        server.healthy = False
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        threading.Timer(0.5, go_down).start()
+        r = client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        assert '"content":"a"' in r.text and r.text.rstrip().endswith("data: [DONE]")
+        assert client.get("/health", params={"verbose": 1}).json()["pools"]["hybrid"]["status"] == "unhealthy"
+    assert "cancelled" not in server.events
+
+
+def test_every_pool_backend_implements_the_whole_interface():
+    from server.ingress.backend import PoolBackend, RayPoolBackend
+
+    methods = {name for name in vars(PoolBackend) if not name.startswith("_")}
+    assert methods >= {"call", "check", "assigned"}
+    for cls in (RayPoolBackend, LocalPoolBackend):
+        missing = sorted(m for m in methods if not callable(getattr(cls, m, None)))
+        assert not missing, f"{cls.__name__} lacks {missing}"
+
+
+def test_local_backend_knows_its_own_streams_are_taken():
+    backend = LocalPoolBackend("hybrid", FakeServer([]), {})
+    stream = backend.call("chat", "hybrid", object())
+    assert backend.assigned(stream) is True
+    stream.cancel()
+    assert backend.assigned(object()) is False  # another pool's stream: Serve's assignment decides
 
 
 def test_local_env_trims_ray_but_the_callers_environment_wins():
