@@ -25,7 +25,7 @@ import openai
 import pytest
 import yaml
 
-from stackprobe import free_port, metric_sum, router_metrics
+from stackprobe import find_processes, free_port, metric_sum, router_metrics, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS_ENV = "QWEN_SERVE_IN_POOL_TEST_KEYS"
@@ -105,6 +105,13 @@ def test_auth_is_enforced_by_the_in_pool_router(in_pool_stack):
     bad = httpx.post(f"{in_pool_stack['url']}/v1/chat/completions", json={**body, "messages": []},
                      headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages", bad.text
+
+
+def test_ray_keeps_no_idle_workers(in_pool_stack):
+    """`qwen-serve up` trims Ray's background work: a worker left idle after its task (each
+    wakes ~100 times a second beside the engine) is stopped, not kept for later tasks."""
+    ok, _ = wait_for(lambda: not find_processes(in_pool_stack["proc"].pid, "ray::IDLE"), 30, 1.0)
+    assert ok, [p.pid for p in find_processes(in_pool_stack["proc"].pid, "ray::IDLE")]
 
 
 def test_sigint_after_ready_lets_a_running_stream_finish(in_pool_stack):
