@@ -56,6 +56,7 @@ class Spec:
     engine_kwargs: Dict[str, Any] = field(default_factory=dict)
     kvcache_gib: int = 1
     startup_timeout_s: float = 900.0
+    niceness: int = 10  # of every server process; the load generator keeps its own
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Spec":
@@ -76,7 +77,8 @@ class Spec:
                 kwargs[key.strip()] = value
         return cls(model=args.model, source=resolve_model_source(args.model), accelerator=args.accelerator,
                    tensor_parallel_size=args.tensor_parallel_size, engine_kwargs=kwargs,
-                   kvcache_gib=args.kvcache_gib, startup_timeout_s=args.startup_timeout)
+                   kvcache_gib=args.kvcache_gib, startup_timeout_s=args.startup_timeout,
+                   niceness=getattr(args, "server_niceness", cls.niceness))
 
     def engine_env(self) -> Dict[str, str]:
         env = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -88,7 +90,8 @@ class Spec:
 
     def describe(self) -> Dict[str, Any]:
         return {"model": self.model, "accelerator": self.accelerator, "tensor_parallel_size": self.tensor_parallel_size,
-                "engine_kwargs": self.engine_kwargs, "engine_env": self.engine_env(), "reasoning_parser": "qwen3"}
+                "engine_kwargs": self.engine_kwargs, "engine_env": self.engine_env(), "reasoning_parser": "qwen3",
+                "server_niceness": self.niceness}
 
 
 @dataclass
@@ -142,6 +145,22 @@ def qwen_serve_config(spec: Spec, port: int, metrics_port: int) -> Dict[str, Any
         "security": {"api_keys_env": "QWEN_SERVE_BENCH_KEYS"},
         "metrics": {"enabled": True},
     }
+
+
+def _lower_priority(niceness: int):
+    """A `preexec_fn` that lowers a server's scheduling priority (every process it starts
+    inherits it), or None.
+
+    The load generator runs on the same machine. When the engine keeps every core busy
+    (vLLM's CPU worker and engine-core processes take about 1.8 of 2 cores), a client at
+    the server's priority gets the CPU late and reads streamed chunks in bursts: its
+    TTFT and inter-token figures then measure its own starvation, and differently per
+    server, since Ray already starts its workers (the engine among them) at niceness 15
+    while bare vLLM runs at 0. Every server at the same lowered niceness measures each
+    one from a client that is served first, as a client on another machine would be."""
+    if niceness <= 0:
+        return None
+    return lambda: os.nice(niceness)
 
 
 def _wait_http(url: str, proc: subprocess.Popen, log_path: Path, timeout_s: float,
@@ -264,7 +283,7 @@ def start(name: str, spec: Spec, log_dir: Path, overrides: Optional[Dict[str, An
         raise ValueError(f"unknown server {name!r}")
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                cwd=Path(__file__).resolve().parents[1])
+                                cwd=Path(__file__).resolve().parents[1], preexec_fn=_lower_priority(spec.niceness))
     try:
         if name == "qwen-serve" or overrides is not None:
             _wait_line(READY_LINE, proc, log_path, spec.startup_timeout_s)

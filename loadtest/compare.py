@@ -257,6 +257,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                    help="default: on for the CPU (skips torch.compile), off for GPUs")
     p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=JSON",
                    help="another engine argument for all three servers, e.g. gpu_memory_utilization=0.9")
+    p.add_argument("--server-niceness", type=int, default=10,
+                   help="niceness of every server's processes, so the load generator on the same machine "
+                        "is not starved by the engine (0: none)")
     p.add_argument("--kvcache-gib", type=int, default=1, help="CPU only: VLLM_CPU_KVCACHE_SPACE")
     p.add_argument("--servers", default=",".join(SERVERS),
                    help=f"in order: {', '.join(SERVERS)} and variant names (default: all three)")
