@@ -78,7 +78,7 @@ class Spec:
         return cls(model=args.model, source=resolve_model_source(args.model), accelerator=args.accelerator,
                    tensor_parallel_size=args.tensor_parallel_size, engine_kwargs=kwargs,
                    kvcache_gib=args.kvcache_gib, startup_timeout_s=args.startup_timeout,
-                   niceness=getattr(args, "server_niceness", cls.niceness))
+                   niceness=args.server_niceness)
 
     def engine_env(self) -> Dict[str, str]:
         env = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false"}

@@ -89,11 +89,25 @@ def test_generated_qwen_serve_config_is_valid_and_one_hybrid_pool():
 def test_spec_from_args_parses_engine_args():
     ns = argparse.Namespace(model="tiny-qwen3-dense", accelerator="gpu", tensor_parallel_size=2, max_model_len=4096,
                             max_num_seqs=32, enforce_eager=None, engine_arg=["gpu_memory_utilization=0.8", "kv_cache_dtype=fp8"],
-                            kvcache_gib=1, startup_timeout=60)
+                            kvcache_gib=1, startup_timeout=60, server_niceness=7)
     spec = bench_serving.Spec.from_args(ns)
+    assert spec.niceness == 7 and spec.describe()["server_niceness"] == 7
     assert spec.engine_kwargs["enforce_eager"] is False  # GPUs compile by default
     assert spec.engine_kwargs["gpu_memory_utilization"] == 0.8 and spec.engine_kwargs["kv_cache_dtype"] == "fp8"
     assert "VLLM_CPU_KVCACHE_SPACE" not in spec.engine_env()
+
+
+def test_servers_start_at_lowered_priority():
+    # A real child process started as the benchmark starts servers: its niceness is ours + N.
+    import os
+    import subprocess
+    import sys
+
+    assert bench_serving._lower_priority(0) is None
+    out = subprocess.run([sys.executable, "-c", "import os; print(os.nice(0))"], capture_output=True, text=True,
+                         preexec_fn=bench_serving._lower_priority(5), check=True).stdout
+    assert int(out) == min(19, os.nice(0) + 5)
+    assert compare.parse_args([]).server_niceness == 10
 
 
 def test_router_bench_helpers():
