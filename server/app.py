@@ -18,6 +18,7 @@ from ray.serve.llm import LLMConfig, build_llm_deployment
 from ray.serve.llm.deployment import LLMServer
 
 from server.config import AppConfig, PoolConfig, load_config, parse_config
+from server.heap import freeze_startup_heap
 from server.metrics import ServeMetrics, ray_metric
 from server.models import resolve_model_source
 from server.plan_apply import resolve_plans
@@ -59,6 +60,7 @@ class PoolServer(LLMServer):
         )
         # A fresh LLMConfig: the engine config cached at build time named the unresolved source.
         await super().__init__(type(llm_config)(**data), **kwargs)
+        freeze_startup_heap(f"pool {llm_config.model_id} replica")
 
 
 def cpu_thread_binding(pool: PoolConfig) -> Optional[str]:
@@ -169,7 +171,9 @@ class RouterIngress:
         from server.ingress.api import create_app
 
         logging.getLogger("qwen_serve").setLevel(self._config.server.log_level)
-        return create_app(self._config, self._backend, router_metrics(self._config))
+        app = create_app(self._config, self._backend, router_metrics(self._config))
+        freeze_startup_heap("router replica")
+        return app
 
 
 _closing: set = set()  # aclose() tasks of abandoned local streams, kept until they finish
@@ -259,8 +263,10 @@ class RouterPoolServer(PoolServer):
         from server.ingress.api import create_app
 
         logging.getLogger("qwen_serve").setLevel(self._router_config.server.log_level)
-        return create_app(self._router_config, LocalPoolBackend(self._pool_name, self, self._other_pools),
-                          router_metrics(self._router_config))
+        app = create_app(self._router_config, LocalPoolBackend(self._pool_name, self, self._other_pools),
+                         router_metrics(self._router_config))
+        freeze_startup_heap(f"pool {self._pool_name} router")
+        return app
 
 
 def build_app(args: Union[Dict[str, Any], AppConfig, None] = None) -> serve.Application:

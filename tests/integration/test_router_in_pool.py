@@ -25,7 +25,7 @@ import openai
 import pytest
 import yaml
 
-from stackprobe import find_processes, free_port, metric_sum, router_metrics, wait_for
+from stackprobe import find_processes, free_port, grep_files, log_files_since, metric_sum, router_metrics, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS_ENV = "QWEN_SERVE_IN_POOL_TEST_KEYS"
@@ -49,6 +49,7 @@ def in_pool_stack(tmp_path_factory):
     path = tmp_path_factory.mktemp("in_pool") / "config.yaml"
     path.write_text(yaml.safe_dump(doc))
     env = dict(os.environ, **{KEYS_ENV: f"tests:{KEY}"})
+    started = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "server.cli", "up", str(path)], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     lines: List[str] = []
@@ -60,7 +61,7 @@ def in_pool_stack(tmp_path_factory):
             assert proc.poll() is None, "launcher exited:\n" + "".join(lines)[-3000:]
             assert time.monotonic() < deadline, "not ready after 600 s:\n" + "".join(lines)[-3000:]
             time.sleep(0.5)
-        yield {"proc": proc, "lines": lines, "url": f"http://127.0.0.1:{port}"}
+        yield {"proc": proc, "lines": lines, "url": f"http://127.0.0.1:{port}", "started": started}
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
@@ -112,6 +113,14 @@ def test_ray_keeps_no_idle_workers(in_pool_stack):
     wakes ~100 times a second beside the engine) is stopped, not kept for later tasks."""
     ok, _ = wait_for(lambda: not find_processes(in_pool_stack["proc"].pid, "ray::IDLE"), 30, 1.0)
     assert ok, [p.pid for p in find_processes(in_pool_stack["proc"].pid, "ray::IDLE")]
+
+
+def test_replica_froze_its_start_up_heap(in_pool_stack):
+    """The replica freezes what it holds once ready (engine, router app), as vLLM's own
+    server does, so a full garbage collection mid-stream does not stall every stream."""
+    needle = "pool hybrid router: froze"
+    hits = grep_files(log_files_since(in_pool_stack["started"]), [needle])[needle]
+    assert hits, "no replica log says it froze its start-up heap"
 
 
 def test_sigint_after_ready_lets_a_running_stream_finish(in_pool_stack):
