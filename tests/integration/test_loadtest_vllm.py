@@ -86,7 +86,9 @@ def _ours(server, out_dir=None, **workload) -> RunConfig:
         output_dir=out_dir,
         workload=WorkloadConfig(**workload),
         load=LoadConfig(concurrency=CONCURRENCY, num_requests=N_PROMPTS),
-        metrics=MetricsConfig(url=server["base"] + "/metrics", poll_interval_s=0.5, settle_s=0.5),
+        # Polled often: on a fast machine a run of short requests is over in a second or two,
+        # and a gauge polled twice a second can miss every moment the KV cache held one.
+        metrics=MetricsConfig(url=server["base"] + "/metrics", poll_interval_s=0.1, settle_s=0.5),
     )
 
 
