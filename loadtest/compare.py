@@ -33,6 +33,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 from loadtest import bench_serving as servers
 from loadtest.config import LoadConfig, RunConfig, WorkloadConfig
 
@@ -49,6 +52,7 @@ FIGURES = {
     "itl_p50": (("latency_ms", "itl", "p50"), "ms", "lower"),
     "itl_p99": (("latency_ms", "itl", "p99"), "ms", "lower"),
 }
+LOOP_LAG = "qwen_serve_event_loop_lag_seconds"
 
 
 def default_requests(concurrency: int) -> int:
@@ -98,6 +102,57 @@ def run_level(server: servers.Running, args: argparse.Namespace, concurrency: in
     return {"figures": figures(result.summary, result.records), "summary": result.summary}
 
 
+def loop_lag_buckets(server: servers.Running) -> Optional[Dict[float, float]]:
+    """qwen-serve's event-loop lag histogram (cumulative samples by bucket bound, seconds)
+    from its /metrics; None for a server without one."""
+    if server.base_url.endswith("/v1"):
+        url = server.base_url[: -len("/v1")] + "/metrics"
+    else:
+        url = server.base_url + "/metrics"
+    headers = {"Authorization": f"Bearer {server.api_key}"} if server.api_key else None
+    try:
+        text = httpx.get(url, headers=headers, timeout=10).text
+        families = list(text_string_to_metric_families(text))
+    except (httpx.HTTPError, ValueError):
+        return None
+    out: Dict[float, float] = {}
+    for family in families:
+        for sample in family.samples:
+            if sample.name == LOOP_LAG + "_bucket":
+                le = float(sample.labels["le"])
+                out[le] = out.get(le, 0.0) + sample.value
+    return out or None
+
+
+def loop_lag_figures(before: Optional[Dict[float, float]], after: Optional[Dict[float, float]]) -> Dict[str, Any]:
+    """The replica's event-loop lag while a level ran: p99 and maximum as bucket upper bounds
+    in ms (None past the last finite bound) and the number of samples."""
+    if not after:
+        return {}
+    before = before or {}
+    bounds = sorted(after)
+    delta = {le: after[le] - before.get(le, 0.0) for le in bounds}
+    total = delta[bounds[-1]]
+    if total <= 0:
+        return {}
+
+    def bound(share: float) -> Optional[float]:
+        le = next(le for le in bounds if delta[le] >= share * total)
+        return None if le == float("inf") else le * 1000.0
+
+    return {"loop_lag_p99_ms": bound(0.99), "loop_lag_max_ms": bound(1.0), "loop_lag_samples": total}
+
+
+def _lag_text(lag: Dict[str, Any]) -> str:
+    if not lag:
+        return ""
+
+    def show(bound_ms: Optional[float]) -> str:
+        return f"<={bound_ms:g} ms" if bound_ms is not None else "past the last bucket"
+
+    return f", loop lag p99 {show(lag['loop_lag_p99_ms'])}, max {show(lag['loop_lag_max_ms'])}"
+
+
 def warm_up(server: servers.Running, args: argparse.Namespace) -> None:
     """A few requests of another prompt stream so first-request costs stay out of the figures."""
     from loadtest.runner import run
@@ -121,11 +176,13 @@ def bench_server(name: str, args: argparse.Namespace, spec: servers.Spec, log_di
         warm_up(server, args)
         time.sleep(args.settle)
         for c in args.concurrency:
+            lag_before = loop_lag_buckets(server)
             entry["levels"][str(c)] = level = run_level(server, args, c)
             level["loadavg"] = os.getloadavg()
+            level["loop_lag"] = loop_lag_figures(lag_before, loop_lag_buckets(server) if lag_before else None)
             f = level["figures"]
             _say(f"[{name}] c={c}: {f['tok_s']:.0f} tok/s, TTFT p50 {f['ttft_p50']:.1f} ms, "
-                 f"ITL p50 {f['itl_p50']:.1f} ms, failed {f['failed']:.0f}")
+                 f"ITL p50 {f['itl_p50']:.1f} ms, failed {f['failed']:.0f}{_lag_text(level['loop_lag'])}")
     return entry
 
 

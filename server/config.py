@@ -234,6 +234,12 @@ class MetricsConfig(StrictModel):
     require_auth: bool = Field(False, description="Whether /metrics needs an API key when keys are configured.")
     ttft_slo_s: float = Field(2.0, gt=0, description="Time-to-first-token SLO; pools over it report degraded.")
     engine_metrics: bool = Field(True, description="Export vLLM engine metrics through Ray's metrics port.")
+    loop_lag_interval_s: float = Field(
+        0.5,
+        ge=0,
+        description="Seconds between event-loop lag samples of each router replica "
+        "(qwen_serve_event_loop_lag_seconds); 0 turns the sampler off.",
+    )
     ray_export: bool = Field(
         True,
         description="Also record the router's metrics through Ray Serve's metrics (3-4 us per update), exported "

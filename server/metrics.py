@@ -29,6 +29,8 @@ PREFIX = "qwen_serve"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0)
 TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
 ITL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
+# Event-loop lag: a token step is ~5-50 ms, so anything past 10 ms delays streams visibly.
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 DECISION_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01)
 
 MODES = ("thinking", "fast")
@@ -157,6 +159,13 @@ class ServeMetrics:
         self.slots = self._new(Gauge, f"{p}_pool_slot_limit_requests", "Requests the pool's engines run at once (this router's share).", ["pool"])
         self.queue_limit = self._new(Gauge, f"{p}_pool_queue_limit_requests", "Requests allowed to wait beyond the slots (this router's share).", ["pool"])
         self.decision_latency = self._new(Histogram, f"{p}_route_decision_seconds", "Time the router takes to decide the mode.", buckets=DECISION_BUCKETS)
+        self.loop_lag = self._new(
+            Histogram,
+            f"{p}_event_loop_lag_seconds",
+            "How late a periodic timer fired on the router replica's event loop (which also streams the "
+            "engine's tokens when the router runs in the pool): every stream on the replica waited that long.",
+            buckets=LOOP_LAG_BUCKETS,
+        )
         self.pool_healthy = self._new(Gauge, f"{p}_pool_healthy", "1 when a replica of the pool answers health checks, else 0 (refreshed by the router's background checks and at each scrape).", ["pool"])
         self.pool_status = self._new(
             Gauge,

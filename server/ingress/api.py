@@ -27,6 +27,7 @@ from server.ingress.health import HealthChecker
 from server.ingress.limits import KeyLimiter
 from server.ingress.openapi import install_openapi
 from server.ingress.prompt_tokens import PromptCounter
+from server.loop_lag import watch_loop_lag
 from server.metrics import CONTENT_TYPE, ServeMetrics
 from server.routing.decide import Decision, UnknownModel, decide
 from server.routing.load import LoadTracker, PoolLimits
@@ -207,10 +208,12 @@ def create_app(config: AppConfig, backend: PoolBackend, metrics: Optional[ServeM
         interval = config.router.load.health_check_interval_s
         checker = asyncio.create_task(ingress.health.run(interval)) if interval > 0 else None
         gauges = asyncio.create_task(metrics.keep_gauges_fresh()) if metrics.mirrored else None
+        lag_every = config.metrics.loop_lag_interval_s
+        lag = asyncio.create_task(watch_loop_lag(lag_every, metrics.loop_lag.observe)) if lag_every > 0 else None
         try:
             yield
         finally:
-            for task in (checker, gauges):
+            for task in (checker, gauges, lag):
                 if task is not None:
                     task.cancel()
 

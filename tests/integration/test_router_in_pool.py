@@ -123,6 +123,19 @@ def test_replica_froze_its_start_up_heap(in_pool_stack):
     assert hits, "no replica log says it froze its start-up heap"
 
 
+def test_replica_reports_its_event_loop_lag(in_pool_stack):
+    """The replica that streams the engine's tokens samples how late its event loop runs
+    (every 0.5 s by default): the figure that shows a stalled loop holding every stream."""
+    url = in_pool_stack["url"]
+    ok, _ = wait_for(lambda: metric_sum(router_metrics(url), "qwen_serve_event_loop_lag_seconds_count") >= 2, 10, 0.5)
+    text = router_metrics(url)
+    count = metric_sum(text, "qwen_serve_event_loop_lag_seconds_count")
+    assert ok and count >= 2, text[-2000:]
+    assert metric_sum(text, "qwen_serve_event_loop_lag_seconds_bucket", le="+Inf") == count
+    mean = metric_sum(text, "qwen_serve_event_loop_lag_seconds_sum") / count
+    assert 0 <= mean < 0.5, mean  # a loop that keeps up: late by a fraction of its interval
+
+
 def test_sigint_after_ready_lets_a_running_stream_finish(in_pool_stack):
     """Last in this module: it stops the stack."""
     proc, lines = in_pool_stack["proc"], in_pool_stack["lines"]

@@ -126,3 +126,18 @@ def test_variants_set_config_paths_and_env():
     env = bench_serving.apply_overrides(doc, overrides)
     assert env == {"X": "1"} and doc["server"]["router_placement"] == "separate"
     assert parse_config(doc).router_pool is None
+
+
+def test_loop_lag_figures_from_histogram_deltas():
+    inf = float("inf")
+    before = {0.001: 10, 0.01: 10, 0.1: 10, 5.0: 10, inf: 10}
+    # 100 samples during the level: 97 under 1 ms, 2 under 10 ms, 1 under 100 ms
+    after = {0.001: 107, 0.01: 109, 0.1: 110, 5.0: 110, inf: 110}
+    lag = compare.loop_lag_figures(before, after)
+    assert lag == {"loop_lag_p99_ms": 10.0, "loop_lag_max_ms": 100.0, "loop_lag_samples": 100}
+    # a stall past the last finite bound has no bound to show
+    stalled = compare.loop_lag_figures(after, {**after, inf: 111})
+    assert stalled["loop_lag_max_ms"] is None and stalled["loop_lag_samples"] == 1
+    assert "past the last bucket" in compare._lag_text(stalled)
+    assert compare.loop_lag_figures(after, after) == {}  # no samples: nothing to report
+    assert compare.loop_lag_figures(None, None) == {}
