@@ -105,10 +105,7 @@ def run_level(server: servers.Running, args: argparse.Namespace, concurrency: in
 def loop_lag_buckets(server: servers.Running) -> Optional[Dict[float, float]]:
     """qwen-serve's event-loop lag histogram (cumulative samples by bucket bound, seconds)
     from its /metrics; None for a server without one."""
-    if server.base_url.endswith("/v1"):
-        url = server.base_url[: -len("/v1")] + "/metrics"
-    else:
-        url = server.base_url + "/metrics"
+    url = server.base_url.removesuffix("/v1") + "/metrics"
     headers = {"Authorization": f"Bearer {server.api_key}"} if server.api_key else None
     try:
         text = httpx.get(url, headers=headers, timeout=10).text
