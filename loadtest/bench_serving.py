@@ -157,10 +157,31 @@ def _lower_priority(niceness: int):
     TTFT and inter-token figures then measure its own starvation, and differently per
     server, since Ray already starts its workers (the engine among them) at niceness 15
     while bare vLLM runs at 0. Every server at the same lowered niceness measures each
-    one from a client that is served first, as a client on another machine would be."""
+    one from a client that is served first, as a client on another machine would be.
+
+    The server starts in a session of its own, and where the kernel groups processes by
+    session for scheduling (autogroup, on by default in many kernels), a process's niceness
+    only weighs against its own group: the group shares the CPU with the client's group at
+    the group's own niceness. So the session's group gets the same niceness."""
     if niceness <= 0:
         return None
-    return lambda: os.nice(niceness)
+
+    def lower() -> None:
+        os.nice(niceness)
+        set_autogroup_nice(niceness)
+
+    return lower
+
+
+def set_autogroup_nice(niceness: int, path: str = "/proc/self/autogroup") -> bool:
+    """Give the calling process's scheduling group (its session's autogroup) `niceness`;
+    False where the kernel has no autogroups or refuses."""
+    try:
+        with open(path, "w") as fh:
+            fh.write(str(niceness))
+        return True
+    except OSError:
+        return False
 
 
 def _wait_http(url: str, proc: subprocess.Popen, log_path: Path, timeout_s: float,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from loadtest import bench_router, bench_serving, compare
 from loadtest.client import Record
 from server.config import parse_config
@@ -28,6 +30,10 @@ def test_figures_and_tokens_per_chunk():
     f = compare.figures(summary(1000, 20), [rec(100, 100), burst, rec(50, 5, ok=False)])
     assert f["tok_s"] == 1000 and f["ttft_p50"] == 20 and f["ttft_p99"] == 40 and f["itl_p50"] == 4.0
     assert f["tok_per_chunk"] == 200 / 105  # failed requests left out
+    assert f["client_lag_max_ms"] is None  # a summary without the client's loop lag
+    stalled = {**summary(1000, 20), "client": {"loop_lag_ms": {"max": 2423.3}}}
+    assert compare.figures(stalled, [rec(100, 100)])["client_lag_max_ms"] == 2423.3
+    assert "2423 ms" in compare._client_lag_text(2423.3) and compare._client_lag_text(None) == ""
 
 
 def test_medians_and_ratios_to_bare_vllm():
@@ -108,6 +114,24 @@ def test_servers_start_at_lowered_priority():
                          preexec_fn=bench_serving._lower_priority(5), check=True).stdout
     assert int(out) == min(19, os.nice(0) + 5)
     assert compare.parse_args([]).server_niceness == 10
+
+
+def test_servers_session_group_gets_the_niceness(tmp_path):
+    # The server runs in a new session; with autogroup scheduling the session's group, not
+    # each process's niceness, is what weighs against the load generator's group.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    assert bench_serving.set_autogroup_nice(5, str(tmp_path / "missing" / "autogroup")) is False
+    if not Path("/proc/self/autogroup").exists():
+        pytest.skip("this kernel has no autogroup scheduling")
+    out = subprocess.run([sys.executable, "-c", "print(open('/proc/self/autogroup').read())"],
+                         capture_output=True, text=True, start_new_session=True,
+                         preexec_fn=bench_serving._lower_priority(5), check=True).stdout
+    mine = open("/proc/self/autogroup").read().split()
+    assert out.split()[0] != mine[0]  # a group of its own
+    assert out.split()[-1] == "5"  # "/autogroup-N nice 5"
 
 
 def test_router_bench_helpers():
