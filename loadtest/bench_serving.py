@@ -29,7 +29,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import yaml
 
@@ -162,13 +162,16 @@ def _lower_priority(niceness: int):
     The server starts in a session of its own, and where the kernel groups processes by
     session for scheduling (autogroup, on by default in many kernels), a process's niceness
     only weighs against its own group: the group shares the CPU with the client's group at
-    the group's own niceness. So the session's group gets the same niceness."""
+    the group's own niceness. So the session's group gets the same niceness, but only in a
+    child that leads a session of its own: a child left in its parent's session shares the
+    parent's group, and lowering that would lower the caller (the load generator) too."""
     if niceness <= 0:
         return None
 
     def lower() -> None:
         os.nice(niceness)
-        set_autogroup_nice(niceness)
+        if os.getsid(0) == os.getpid():
+            set_autogroup_nice(niceness)
 
     return lower
 
@@ -182,6 +185,23 @@ def set_autogroup_nice(niceness: int, path: str = "/proc/self/autogroup") -> boo
         return True
     except OSError:
         return False
+
+
+def read_autogroup(path: str = "/proc/self/autogroup") -> Optional[Tuple[str, int]]:
+    """The calling process's autogroup and its niceness ("/autogroup-N nice K"); None where
+    the process is not scheduled by autogroup (no such kernel feature, or the process sits
+    in a cpu cgroup, as in most containers, where the kernel prints nothing)."""
+    try:
+        with open(path) as fh:
+            parts = fh.read().split()
+    except OSError:
+        return None
+    if len(parts) != 3 or parts[1] != "nice":
+        return None
+    try:
+        return parts[0], int(parts[2])
+    except ValueError:
+        return None
 
 
 def _wait_http(url: str, proc: subprocess.Popen, log_path: Path, timeout_s: float,
