@@ -147,7 +147,7 @@ def qwen_serve_config(spec: Spec, port: int, metrics_port: int) -> Dict[str, Any
     }
 
 
-def _lower_priority(niceness: int):
+def lower_priority(niceness: int):
     """A `preexec_fn` that lowers a server's scheduling priority (every process it starts
     inherits it), or None.
 
@@ -324,7 +324,7 @@ def start(name: str, spec: Spec, log_dir: Path, overrides: Optional[Dict[str, An
         raise ValueError(f"unknown server {name!r}")
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                cwd=Path(__file__).resolve().parents[1], preexec_fn=_lower_priority(spec.niceness))
+                                cwd=Path(__file__).resolve().parents[1], preexec_fn=lower_priority(spec.niceness))
     try:
         if name == "qwen-serve" or overrides is not None:
             _wait_line(READY_LINE, proc, log_path, spec.startup_timeout_s)

@@ -109,10 +109,10 @@ def test_servers_start_at_lowered_priority():
     import subprocess
     import sys
 
-    assert bench_serving._lower_priority(0) is None
+    assert bench_serving.lower_priority(0) is None
     group = bench_serving.read_autogroup()
     out = subprocess.run([sys.executable, "-c", "import os; print(os.nice(0))"], capture_output=True, text=True,
-                         preexec_fn=bench_serving._lower_priority(5), check=True).stdout
+                         preexec_fn=bench_serving.lower_priority(5), check=True).stdout
     assert int(out) == min(19, os.nice(0) + 5)
     # a child left in our session shares our scheduling group: that group keeps its niceness
     assert bench_serving.read_autogroup() == group
@@ -144,7 +144,7 @@ def test_servers_session_group_gets_the_niceness():
         pytest.skip("this process is not scheduled by autogroup")
     code = "from loadtest import bench_serving; print(bench_serving.read_autogroup())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         start_new_session=True, preexec_fn=bench_serving._lower_priority(5),
+                         start_new_session=True, preexec_fn=bench_serving.lower_priority(5),
                          check=True).stdout.strip()
     group, nice = ast.literal_eval(out)  # the child's (name, niceness)
     assert group != mine[0]  # a group of its own
