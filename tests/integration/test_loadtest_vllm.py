@@ -2,9 +2,11 @@
 
 One vLLM server (tiny random-weight Qwen3, qwen3 reasoning parser) for the whole module.
 Both tools run the same load: the same number of requests, prompt and output lengths
-(exact, via ignore_eos) and concurrency; they must agree on throughput and on median
-TTFT and TPOT within the tolerances below, and our client-side counts must equal the
-server's own Prometheus counters.
+(exact, via ignore_eos) and concurrency. Each run is held against the server's own
+Prometheus histograms over the same requests (no client sees a first token before the
+server made it, nor more throughput than the server's latency allows), and the two tools
+must agree on how far their TTFT, TPOT and throughput sit from the server's view, within
+the tolerances below. Our client-side counts must equal the server's own counters.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pytest
 from loadtest.bench_serving import lower_priority
 from loadtest.config import LoadConfig, MetricsConfig, RunConfig, WorkloadConfig
 from loadtest.runner import run
+from loadtest.scrape import parse_samples
 from loadtest.workload import PromptMaker
 from stackprobe import free_port
 
@@ -31,12 +34,11 @@ pytestmark = [pytest.mark.engine, pytest.mark.timeout(420)]
 
 N_PROMPTS, CONCURRENCY, INPUT_LEN, OUTPUT_LEN = 48, 8, 128, 48
 REPS = 2
-# Tolerances for a noisy shared 2-core machine (both tools run alternately, REPS times
-# each, and the means are compared).
-TOL_THROUGHPUT = 0.25  # relative
-TOL_TPOT = 0.25  # relative
-TOL_TTFT = 0.50  # relative, or within TOL_TTFT_ABS_MS
-TOL_TTFT_ABS_MS = 60.0
+# Both tools run alternately, REPS times each; each run is measured against the server's
+# own histograms over the same requests (see _relative), and the means are compared.
+TOL_SLOTS = 0.10  # Little's-law fill of the CONCURRENCY slots, absolute
+TOL_TPOT = 0.10  # client TPOT over the server's, absolute
+TOL_TTFT_OVER_MS = 60.0  # client TTFT beyond the server's (vLLM's benchmark sat ~20 ms further out than ours here)
 SERVER_NICENESS = 10  # the benchmark's default (loadtest.compare --server-niceness)
 
 
@@ -114,6 +116,39 @@ def _vllm_bench(server, tmp: Path) -> dict:
     return main(args)
 
 
+def _scrape(server) -> dict:
+    return parse_samples(httpx.get(server["base"] + "/metrics", timeout=10).text)
+
+
+def _server_view(before: dict, after: dict) -> dict:
+    """The server's own means over one run (histogram sums are exact, not bucketed)."""
+    def delta(name):
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    def mean(hist):
+        return delta(hist + "_sum") / delta(hist + "_count")
+
+    return {"requests": delta("vllm:request_success_total"),
+            "ttft_ms": 1000 * mean("vllm:time_to_first_token_seconds"),
+            "tpot_ms": 1000 * mean("vllm:request_time_per_output_token_seconds"),
+            "e2e_s": mean("vllm:e2e_request_latency_seconds")}
+
+
+def _relative(tool: dict, server: dict) -> dict:
+    """One run's figures against the server's own view of the same requests.
+
+    A shared 2-core machine runs the server at a different speed from one run to the next,
+    so the two tools are compared through what each measured relative to the server:
+    - ttft_over_ms: client TTFT beyond the server's (the HTTP path and the client itself);
+    - tpot: client TPOT over the server's;
+    - slots: output throughput over what Little's law allows with CONCURRENCY requests
+      always in flight for the server's mean latency (1.0: the client never left a slot
+      empty; less: time lost between requests and in the last requests' tail)."""
+    return {"ttft_over_ms": tool["ttft_ms"] - server["ttft_ms"],
+            "tpot": tool["tpot_ms"] / server["tpot_ms"],
+            "slots": tool["output_throughput"] * server["e2e_s"] / (CONCURRENCY * OUTPUT_LEN)}
+
+
 def test_agrees_with_vllm_bench(vllm_server, tmp_path):
     # vLLM's random dataset counts INPUT_LEN tokens of raw text; the server adds the chat
     # template. Ours counts the whole prompt, so ask for the template's tokens on top.
@@ -121,45 +156,39 @@ def test_agrees_with_vllm_bench(vllm_server, tmp_path):
     overhead = PromptMaker(probe).overhead("auto", None)
     workload = dict(input_tokens=INPUT_LEN + overhead, output_tokens=OUTPUT_LEN)
     run(_ours(vllm_server, **workload).model_copy(update={"load": LoadConfig(concurrency=4, num_requests=8)}))
-    theirs, ours = [], []
+    runs = {"theirs": [], "ours": []}
     for rep in range(REPS):  # alternate who goes first (ABBA) against drift
         for tool in ("theirs", "ours") if rep % 2 == 0 else ("ours", "theirs"):
+            before = _scrape(vllm_server)
             if tool == "theirs":
-                theirs.append(_vllm_bench(vllm_server, tmp_path))
+                t = _vllm_bench(vllm_server, tmp_path)
+                counts = (t["completed"], t["total_output_tokens"], t["total_input_tokens"])
+                figures = {"ttft_ms": t["mean_ttft_ms"], "tpot_ms": t["mean_tpot_ms"],
+                           "output_throughput": t["output_throughput"], "errors": t.get("errors")}
             else:
-                ours.append(run(_ours(vllm_server, **workload)).summary)
-    for t, o in zip(theirs, ours):
-        ov = o["overall"]
-        assert t["completed"] == ov["completed"] == N_PROMPTS, (t.get("errors"), ov.get("errors"))
-        assert t["total_output_tokens"] == ov["output_tokens"] == N_PROMPTS * OUTPUT_LEN
-        # both read prompt_tokens from usage: the same prompts lengths reached the server
-        assert t["total_input_tokens"] == ov["prompt_tokens"] == N_PROMPTS * (INPUT_LEN + overhead)
+                ov = run(_ours(vllm_server, **workload)).summary["overall"]
+                counts = (ov["completed"], ov["output_tokens"], ov["prompt_tokens"])
+                figures = {"ttft_ms": ov["latency_ms"]["ttft"]["mean"], "tpot_ms": ov["latency_ms"]["tpot"]["mean"],
+                           "output_throughput": ov["output_throughput"], "errors": ov["errors"]}
+            server = _server_view(before, _scrape(vllm_server))
+            # both read prompt_tokens from usage: the same prompt lengths reached the server
+            assert counts == (N_PROMPTS, N_PROMPTS * OUTPUT_LEN, N_PROMPTS * (INPUT_LEN + overhead)), (tool, figures)
+            assert server["requests"] == N_PROMPTS  # no request beyond the measured ones
+            # a client sees the first token after the server made it, and the last one too
+            assert figures["ttft_ms"] >= server["ttft_ms"], (tool, figures, server)
+            assert figures["output_throughput"] <= CONCURRENCY * OUTPUT_LEN / server["e2e_s"] * 1.01, (tool, figures, server)
+            runs[tool].append({**_relative(figures, server), "raw": figures, "server": server})
 
-    def mean(xs):
-        return sum(xs) / len(xs)
+    def mean(tool, key):
+        return sum(r[key] for r in runs[tool]) / len(runs[tool])
 
-    pairs = {
-        "request_throughput": (mean([t["request_throughput"] for t in theirs]),
-                               mean([o["overall"]["request_throughput"] for o in ours])),
-        "output_throughput": (mean([t["output_throughput"] for t in theirs]),
-                              mean([o["overall"]["output_throughput"] for o in ours])),
-        "median_ttft_ms": (mean([t["median_ttft_ms"] for t in theirs]),
-                           mean([o["overall"]["latency_ms"]["ttft"]["p50"] for o in ours])),
-        "median_tpot_ms": (mean([t["median_tpot_ms"] for t in theirs]),
-                           mean([o["overall"]["latency_ms"]["tpot"]["p50"] for o in ours])),
-        "median_itl_ms": (mean([t["median_itl_ms"] for t in theirs]),
-                          mean([o["overall"]["latency_ms"]["itl"]["p50"] for o in ours])),
-    }
-    report = {k: {"vllm_bench": v[0], "qwen_loadtest": v[1], "ratio": v[1] / v[0]} for k, v in pairs.items()}
-    print(json.dumps(report, indent=1))
-    (tmp_path / "agreement.json").write_text(json.dumps(report, indent=1))
-    for key in ("request_throughput", "output_throughput"):
-        a, b = pairs[key]
-        assert abs(b - a) <= TOL_THROUGHPUT * a, (key, report)
-    a, b = pairs["median_tpot_ms"]
-    assert abs(b - a) <= TOL_TPOT * a, report
-    a, b = pairs["median_ttft_ms"]
-    assert abs(b - a) <= max(TOL_TTFT * a, TOL_TTFT_ABS_MS), report
+    report = {k: {"vllm_bench": mean("theirs", k), "qwen_loadtest": mean("ours", k)}
+              for k in ("ttft_over_ms", "tpot", "slots")}
+    print(json.dumps({"relative": report, "runs": runs}, indent=1))
+    (tmp_path / "agreement.json").write_text(json.dumps({"relative": report, "runs": runs}, indent=1))
+    assert abs(report["slots"]["qwen_loadtest"] - report["slots"]["vllm_bench"]) <= TOL_SLOTS, report
+    assert abs(report["tpot"]["qwen_loadtest"] - report["tpot"]["vllm_bench"]) <= TOL_TPOT, report
+    assert abs(report["ttft_over_ms"]["qwen_loadtest"] - report["ttft_over_ms"]["vllm_bench"]) <= TOL_TTFT_OVER_MS, report
 
 
 def test_counts_match_server_metrics_and_files(vllm_server, tmp_path):
