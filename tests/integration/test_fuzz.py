@@ -24,7 +24,7 @@ from schemathesis.generation.modes import GenerationMode  # noqa: E402
 
 EXAMPLES = {"POST": 14, "GET": 6}  # per operation and generation mode
 CLAMP = {"max_tokens": 8, "max_completion_tokens": 8, "min_tokens": 2, "n": 2, "best_of": 2, "thinking_token_budget": 8}
-DEADLINE_S = "20"
+DEADLINE_S = "60"  # a slow request is not a hang: some cases take 20 s on a loaded 2-core machine
 
 
 def _bounded_schema(doc):
@@ -71,7 +71,7 @@ def test_openapi_fuzz_no_5xx(stack):
             def run(case):
                 if case.body is not None and not isinstance(case.body, (str, bytes)):
                     case.body = _clamp_body(case.body)
-                resp = case.call(base_url=stack.url, headers=headers, timeout=60)
+                resp = case.call(base_url=stack.url, headers=headers, timeout=120)
                 statuses[(f"{case.method} {case.path}", resp.status_code)] += 1
                 if resp.status_code >= 500:
                     failures.append((case.method, case.path, resp.status_code, str(case.body)[:300], resp.text[:300]))
