@@ -193,14 +193,9 @@ def read_autogroup(path: str = "/proc/self/autogroup") -> Optional[Tuple[str, in
     in a cpu cgroup, as in most containers, where the kernel prints nothing)."""
     try:
         with open(path) as fh:
-            parts = fh.read().split()
-    except OSError:
-        return None
-    if len(parts) != 3 or parts[1] != "nice":
-        return None
-    try:
-        return parts[0], int(parts[2])
-    except ValueError:
+            group, word, nice = fh.read().split()
+        return (group, int(nice)) if word == "nice" else None
+    except (OSError, ValueError):  # unreadable, empty, or not "/autogroup-N nice K"
         return None
 
 
