@@ -95,6 +95,14 @@ class ServerConfig(StrictModel):
         description="Port of Ray Serve's HTTP proxy when direct_ingress is on (None: the first free port after the "
         "router's ports, outside the kernel's ephemeral range; printed at start-up).",
     )
+    ray_monitors: bool = Field(
+        False,
+        description="`qwen-serve up` with a local Ray only: keep Ray's autoscaler monitor and log "
+        "monitor running. Neither has work on a single-node server whose replicas log to files "
+        "(one adds and removes nodes, the other forwards workers' output to the driver), and "
+        "both wake up several times a second on the cores the engine uses, so they are stopped "
+        "once Ray is up. On: Ray's default (also what a joined cluster runs).",
+    )
 
 
 class ParallelismConfig(StrictModel):

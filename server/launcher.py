@@ -138,6 +138,38 @@ def _binds(host: str, port: int) -> bool:
     return True
 
 
+# Head-node processes `ray.init` always starts and a single-node `qwen-serve up` has no work
+# for: (Node attribute that stops it, what it is).
+RAY_MONITORS = (
+    ("kill_monitor", "autoscaler monitor"),
+    ("kill_log_monitor", "log monitor"),
+)
+
+
+def stop_ray_monitors(node: Any = None) -> str:
+    """Stop the local Ray head's autoscaler and log monitors (server.ray_monitors: false).
+
+    `ray.init` has no setting to leave them out (`ray start` has `--no-monitor` and
+    `--include-log-monitor`), so they are stopped through Ray's own node handle, which
+    forgets them so that `ray.shutdown` does not look for them again. Returns a line
+    saying what was stopped; a Ray without that handle keeps them running."""
+    if node is None:
+        import ray._private.worker as ray_worker
+
+        node = getattr(ray_worker, "_global_node", None)
+    stopped, kept = [], []
+    for method, what in RAY_MONITORS:
+        try:
+            getattr(node, method)(check_alive=False)
+            stopped.append(what)
+        except Exception:  # noqa: BLE001 - a Ray without the handle still serves
+            kept.append(what)
+    text = f"stopped Ray's {' and '.join(stopped)} (server.ray_monitors: false)" if stopped else ""
+    if kept:
+        text += ("; " if text else "") + f"could not stop Ray's {' and '.join(kept)}; they keep running"
+    return text
+
+
 def _deployment_rows(status: Any) -> Dict[str, Dict[str, Any]]:
     app = status.applications.get(APP_NAME)
     rows: Dict[str, Dict[str, Any]] = {}
@@ -209,6 +241,8 @@ class Launcher:
         if local:
             gcs = ray.get_runtime_context().gcs_address
             _say(f"  Ray is up at {gcs} (qwen-serve status --address {gcs})")
+            if not self.config.server.ray_monitors:
+                _say(f"  {stop_ray_monitors()}")
         try:
             serve.start(http_options={"host": self.config.server.host, "port": proxy_port if local else self.config.server.port})
             app = build_app(self.config)

@@ -38,6 +38,15 @@ def _engine_processes(stack):
     return names
 
 
+def test_ray_monitors_are_stopped_and_ray_still_schedules(stack):
+    """server.ray_monitors is false by default: the launcher stops Ray's autoscaler and log
+    monitors once Ray is up, and the cluster keeps working without them (status above and
+    every request of this suite go through it)."""
+    monitors = [n for n in _engine_processes(stack) if "log_monitor.py" in n or "autoscaler" in n]
+    assert monitors == [], monitors
+    assert "stopped Ray's autoscaler monitor and log monitor" in stack.log_text()
+
+
 def test_moe_pool_is_sharded_with_tensor_parallel_2(stack, client):
     """The thinking pool (tiny Qwen3-MoE) runs two vLLM worker ranks, and still answers."""
     workers = [n for n in _engine_processes(stack) if n.startswith("VLLM::Worker")]
