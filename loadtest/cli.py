@@ -102,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--seed", type=int, default=S)
     m = p.add_argument_group("server metrics")
     m.add_argument("--metrics-url", default=S, help="Prometheus /metrics URL to scrape")
-    for role in ("requests", "prompt-tokens", "generation-tokens", "kv-cache-usage"):
-        m.add_argument(f"--metric-{role}", default=S, help="candidate metric names, comma-separated")
+    for role in ("requests", "prompt-tokens", "generation-tokens", "kv-cache-usage", "ttft", "tpot", "e2e"):
+        m.add_argument(f"--metric-{role}", default=S, help="candidate metric names, comma-separated"
+                       + (" (histograms, without _sum/_count)" if role in ("ttft", "tpot", "e2e") else ""))
     m.add_argument("--metrics-label", action="append", default=S, metavar="NAME=VALUE")
     m.add_argument("--metrics-poll", type=float, default=S, help="gauge polling seconds")
     o = p.add_argument_group("output")
@@ -156,10 +157,9 @@ def config_from_args(ns: argparse.Namespace) -> RunConfig:
             slo[k.strip()] = float(v)
         data["slo_ms"] = slo
     met = data["metrics"]
-    for role, fld in (("requests", "requests"), ("prompt_tokens", "prompt_tokens"),
-                      ("generation_tokens", "generation_tokens"), ("kv_cache_usage", "kv_cache_usage")):
+    for role in ("requests", "prompt_tokens", "generation_tokens", "kv_cache_usage", "ttft", "tpot", "e2e"):
         if f"metric_{role}" in args:
-            met[fld] = _csv(args[f"metric_{role}"])
+            met[role] = _csv(args[f"metric_{role}"])
     if "metrics_label" in args:
         met["labels"] = {k: v for k, _, v in (x.partition("=") for x in args["metrics_label"])}
     return RunConfig.model_validate(data)

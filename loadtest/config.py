@@ -214,6 +214,20 @@ class MetricsConfig(BaseModel):
         default_factory=lambda: ["vllm:kv_cache_usage_perc", "qwen_serve_kv_cache_usage_perc"],
         description="Gauge of KV-cache usage (0..1), polled for its peak.",
     )
+    ttft: List[str] = Field(
+        default_factory=lambda: ["vllm:time_to_first_token_seconds", "qwen_serve_time_to_first_token_seconds"],
+        description="Histogram (name without _sum/_count) of time to first token; its mean over "
+        "the run is reported beside the client's, so the HTTP path and the client show apart.",
+    )
+    tpot: List[str] = Field(
+        default_factory=lambda: ["vllm:request_time_per_output_token_seconds"],
+        description="Histogram of each request's mean time per output token; mean reported "
+        "beside the client's.",
+    )
+    e2e: List[str] = Field(
+        default_factory=lambda: ["vllm:e2e_request_latency_seconds", "qwen_serve_request_duration_seconds"],
+        description="Histogram of end-to-end request latency; mean reported beside the client's.",
+    )
     extra_counters: List[str] = Field(
         default_factory=lambda: ["vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"],
         description="Further counters whose deltas are reported as they are.",

@@ -80,7 +80,8 @@ def format_table(result) -> str:
             sv = s["server"]
             cmp_ = s["client_vs_server"]
             lines.append("   server /metrics delta vs client (all phases): " + ", ".join(
-                f"{k} {_f(v[1], 0)} vs {v[0]}" for k, v in cmp_.items())
+                f"{k.removesuffix('_mean_ms').upper()} mean {_f(v[1])} vs {_f(v[0])} ms" if k.endswith("_mean_ms")
+                else f"{k} {_f(v[1], 0)} vs {v[0]}" for k, v in cmp_.items())
                 + f", KV-cache peak {_f(None if sv['kv_cache_usage_peak'] is None else 100 * sv['kv_cache_usage_peak'])}%")
     if result.config.load.sweep:
         lines.append("== sweep")

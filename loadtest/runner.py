@@ -302,6 +302,13 @@ def summarize_stage(cfg: RunConfig, stage: Stage, server, wall: float, cpu: floa
             "prompt_tokens": (out["all_phases"]["prompt_tokens"], server.get("prompt_tokens")),
             "generation_tokens": (out["all_phases"]["output_tokens"], server.get("generation_tokens")),
         }
+        # Latency means over the same requests (all phases, as the server saw them): the
+        # client's TTFT beyond the server's is the HTTP path's and the client's own share.
+        means = server.get("mean_ms") or {}
+        for role, metric in (("ttft", "ttft"), ("tpot", "tpot"), ("e2e", "e2el")):
+            if means.get(role) is not None:
+                mine = stats.describe([stats.record_metric(r, metric) for r in ok_all], 1000.0).get("mean")
+                out["client_vs_server"][f"{role}_mean_ms"] = (mine, means[role])
     return out
 
 

@@ -1,7 +1,7 @@
 """The server's view: Prometheus ``/metrics`` scraped before and after a run, gauges polled.
 
-Each metric role (requests, prompt tokens, generation tokens, KV-cache usage) has a list
-of candidate names; the first name present on the server is used, summed over its label
+Each metric role (requests, prompt tokens, generation tokens, the TTFT, TPOT and
+end-to-end latency histograms, KV-cache usage) has a list of candidate names; the first name present on the server is used, summed over its label
 sets (optionally only those matching ``labels``).
 """
 
@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from .config import MetricsConfig
 
 COUNTER_ROLES = ("requests", "prompt_tokens", "generation_tokens")
+HISTOGRAM_ROLES = ("ttft", "tpot", "e2e")
 
 
 def parse_samples(text: str, labels: Optional[Dict[str, str]] = None) -> Dict[str, float]:
@@ -100,8 +101,17 @@ class Scraper:
             await asyncio.sleep(self.cfg.poll_interval_s)
 
     def report(self) -> Dict[str, object]:
-        """Deltas of the counters, KV-cache peak, and which names were used."""
+        """Deltas of the counters, latency means, KV-cache peak, and which names were used."""
         return server_view(self.cfg, self.before, self.after, self.kv_samples, self.errors)
+
+
+def histogram_mean_ms(before: Dict[str, float], after: Dict[str, float], base: str) -> Optional[float]:
+    """Mean of histogram `base` over the observations between two scrapes, in ms (its
+    _sum and _count are exact, unlike quantiles read from buckets); None without any."""
+    count = after.get(base + "_count", 0.0) - before.get(base + "_count", 0.0)
+    if count <= 0:
+        return None
+    return 1000.0 * (after.get(base + "_sum", 0.0) - before.get(base + "_sum", 0.0)) / count
 
 
 def server_view(cfg: MetricsConfig, before: Dict[str, float], after: Dict[str, float],
@@ -117,6 +127,12 @@ def server_view(cfg: MetricsConfig, before: Dict[str, float], after: Dict[str, f
         if name in after:
             extra[name] = after[name] - before.get(name, 0.0)
     out["extra"] = extra
+    out["mean_ms"] = {}
+    for role in HISTOGRAM_ROLES:
+        name, _ = pick(after, [base + "_count" for base in getattr(cfg, role)])
+        base = name.removesuffix("_count") if name else None
+        out["names"][role] = base
+        out["mean_ms"][role] = histogram_mean_ms(before, after, base) if base else None
     name, last = pick(after, cfg.kv_cache_usage)
     values = [v for _, v in kv_samples] + ([last] if last is not None else [])
     out["names"]["kv_cache_usage"] = name

@@ -13,22 +13,16 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from loadtest.bench_serving import lower_priority
+from loadtest.bench_serving import Spec, start
 from loadtest.config import LoadConfig, MetricsConfig, RunConfig, WorkloadConfig
 from loadtest.runner import run
-from loadtest.scrape import parse_samples
+from loadtest.scrape import parse_samples, server_view
 from loadtest.workload import PromptMaker
-from stackprobe import free_port
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(420)]
 
@@ -42,54 +36,27 @@ TOL_TTFT_OVER_MS = 60.0  # client TTFT beyond the server's (vLLM's benchmark sat
 SERVER_NICENESS = 10  # the benchmark's default (loadtest.compare --server-niceness)
 
 
-
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory):
+    """Bare vLLM, started as the side-by-side benchmark starts it (loadtest.bench_serving):
+    lowered priority, in a session (and scheduling group) of its own, so that the load
+    generators on this same small machine are served first and both tools measure the
+    server rather than their own starvation."""
     from server.models import ensure_tiny_model
 
     model_dir = ensure_tiny_model("tiny-qwen3-dense")
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("vllm") / "server.log"
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-           "--served-model-name", "tiny", "--max-model-len", "2048", "--enforce-eager",
-           "--reasoning-parser", "qwen3", "--host", "127.0.0.1", "--port", str(port)]
-    # As the side-by-side benchmark starts its servers: lowered priority, in a session (and
-    # scheduling group) of its own, so that the load generators on this same small machine
-    # are served first and both tools measure the server rather than their own starvation.
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True, preexec_fn=lower_priority(SERVER_NICENESS))
-    base = f"http://127.0.0.1:{port}"
+    spec = Spec(model="tiny-qwen3-dense", source=str(model_dir), startup_timeout_s=240, niceness=SERVER_NICENESS,
+                engine_kwargs={"max_model_len": 2048, "enforce_eager": True})
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM not healthy in 240 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
-        yield {"base": base, "model_dir": str(model_dir)}
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(10)
+        with start("vllm", spec, tmp_path_factory.mktemp("vllm")) as server:
+            yield {"base": server.base_url.removesuffix("/v1"), "model": server.model, "model_dir": str(model_dir)}
+    except RuntimeError as err:  # exited or not ready in time, with the end of its log
+        pytest.fail(str(err))
 
 
 def _ours(server, out_dir=None, **workload) -> RunConfig:
     return RunConfig(
-        base_url=server["base"] + "/v1", model="tiny", seed=1, progress=False,
+        base_url=server["base"] + "/v1", model=server["model"], seed=1, progress=False,
         output_dir=out_dir,
         workload=WorkloadConfig(**workload),
         load=LoadConfig(concurrency=CONCURRENCY, num_requests=N_PROMPTS),
@@ -107,7 +74,7 @@ def _vllm_bench(server, tmp: Path) -> dict:
     add_cli_args(parser)
     args = parser.parse_args([
         "--backend", "openai-chat", "--base-url", server["base"], "--endpoint", "/v1/chat/completions",
-        "--model", "tiny", "--tokenizer", server["model_dir"], "--dataset-name", "random",
+        "--model", server["model"], "--tokenizer", server["model_dir"], "--dataset-name", "random",
         "--random-input-len", str(INPUT_LEN), "--random-output-len", str(OUTPUT_LEN),
         "--num-prompts", str(N_PROMPTS), "--max-concurrency", str(CONCURRENCY),
         "--request-rate", "inf", "--ignore-eos", "--disable-tqdm", "--seed", "1",
@@ -121,17 +88,11 @@ def _scrape(server) -> dict:
 
 
 def _server_view(before: dict, after: dict) -> dict:
-    """The server's own means over one run (histogram sums are exact, not bucketed)."""
-    def delta(name):
-        return after.get(name, 0.0) - before.get(name, 0.0)
-
-    def mean(hist):
-        return delta(hist + "_sum") / delta(hist + "_count")
-
-    return {"requests": delta("vllm:request_success_total"),
-            "ttft_ms": 1000 * mean("vllm:time_to_first_token_seconds"),
-            "tpot_ms": 1000 * mean("vllm:request_time_per_output_token_seconds"),
-            "e2e_s": mean("vllm:e2e_request_latency_seconds")}
+    """The server's own means over one run, as the load tester reports them."""
+    view = server_view(MetricsConfig(), before, after, [])
+    means = view["mean_ms"]
+    return {"requests": view["requests"], "ttft_ms": means["ttft"], "tpot_ms": means["tpot"],
+            "e2e_s": means["e2e"] / 1000.0}
 
 
 def _relative(tool: dict, server: dict) -> dict:
@@ -152,7 +113,7 @@ def _relative(tool: dict, server: dict) -> dict:
 def test_agrees_with_vllm_bench(vllm_server, tmp_path):
     # vLLM's random dataset counts INPUT_LEN tokens of raw text; the server adds the chat
     # template. Ours counts the whole prompt, so ask for the template's tokens on top.
-    probe = RunConfig(model="tiny", load=LoadConfig(num_requests=1))
+    probe = RunConfig(model=vllm_server["model"], load=LoadConfig(num_requests=1))
     overhead = PromptMaker(probe).overhead("auto", None)
     workload = dict(input_tokens=INPUT_LEN + overhead, output_tokens=OUTPUT_LEN)
     run(_ours(vllm_server, **workload).model_copy(update={"load": LoadConfig(concurrency=4, num_requests=8)}))
@@ -212,6 +173,13 @@ def test_counts_match_server_metrics_and_files(vllm_server, tmp_path):
     assert server["generation_tokens"] == s["all_phases"]["output_tokens"]
     assert server["prompt_tokens"] == s["all_phases"]["prompt_tokens"]
     assert server["kv_cache_usage_peak"] is not None and server["kv_cache_usage_peak"] > 0
+    # the server's latency means over the same requests, beside the client's: no client
+    # sees a first token, or a last one, before the server made it
+    assert server["names"]["ttft"] == "vllm:time_to_first_token_seconds"
+    assert all(server["mean_ms"][role] > 0 for role in ("ttft", "tpot", "e2e")), server["mean_ms"]
+    for role in ("ttft", "e2e"):
+        client_ms, server_ms = s["client_vs_server"][f"{role}_mean_ms"]
+        assert client_ms >= server_ms, (role, client_ms, server_ms)
     # exact synthetic prompt lengths, as the server counted them (first turns)
     firsts = [r for r in result.records if r.turn == 0]
     assert firsts and all(r.prompt_tokens == r.expected_prompt_tokens for r in firsts)

@@ -85,6 +85,24 @@ def test_scrape_parsing():
     assert server_view(cfg, {}, only_a, [])["requests"] is None
 
 
+def test_server_view_latency_means_from_histogram_deltas():
+    def hist(name, total, count):
+        return (f'# TYPE {name} histogram\n{name}_bucket{{le="+Inf"}} {count}\n'
+                f'{name}_sum {total}\n{name}_count {count}\n')
+
+    before = parse_samples(hist("vllm:time_to_first_token_seconds", 1.0, 10)
+                           + hist("qwen_serve_request_duration_seconds", 4.0, 2))
+    after = parse_samples(hist("vllm:time_to_first_token_seconds", 1.6, 14)
+                          + hist("qwen_serve_request_duration_seconds", 10.0, 5))
+    view = server_view(MetricsConfig(url="x"), before, after, [])
+    assert view["mean_ms"]["ttft"] == pytest.approx(150.0)  # 0.6 s over 4 requests, not 1.6 / 14
+    assert view["names"]["ttft"] == "vllm:time_to_first_token_seconds"
+    assert view["mean_ms"]["e2e"] == pytest.approx(2000.0)  # the second candidate name
+    assert view["names"]["e2e"] == "qwen_serve_request_duration_seconds"
+    assert view["mean_ms"]["tpot"] is None and view["names"]["tpot"] is None  # not exported
+    assert server_view(MetricsConfig(url="x"), after, after, [])["mean_ms"]["ttft"] is None  # no new requests
+
+
 def test_cli_end_to_end_and_config_roundtrip(stub, tmp_path, capsys):
     out = tmp_path / "o"
     base = f"http://127.0.0.1:{stub.port}"
