@@ -40,7 +40,7 @@ def _engine_processes(stack):
 
 def test_ray_monitors_are_stopped_and_ray_still_schedules(stack):
     """server.ray_monitors is false by default: the launcher stops Ray's autoscaler and log
-    monitors once Ray is up, and the cluster keeps working without them (status above and
+    monitors once Ray is up, and the stack works without them (`qwen-serve status` above and
     every request of this suite go through it)."""
     monitors = [n for n in _engine_processes(stack) if "log_monitor.py" in n or "autoscaler" in n]
     assert monitors == [], monitors

@@ -58,6 +58,7 @@ def test_openapi_fuzz_no_5xx(stack):
     headers = {**stack.headers(), "x-request-timeout": DEADLINE_S}
     statuses = collections.Counter()
     failures = []
+    slowest = []  # (seconds, method, path, status, body): the slowest cases are printed
     started = time.monotonic()
     operations = []
     for result in schema.get_all_operations():
@@ -71,7 +72,9 @@ def test_openapi_fuzz_no_5xx(stack):
             def run(case):
                 if case.body is not None and not isinstance(case.body, (str, bytes)):
                     case.body = _clamp_body(case.body)
+                t0 = time.monotonic()
                 resp = case.call(base_url=stack.url, headers=headers, timeout=120)
+                slowest.append((time.monotonic() - t0, case.method, case.path, resp.status_code, str(case.body)[:300]))
                 statuses[(f"{case.method} {case.path}", resp.status_code)] += 1
                 if resp.status_code >= 500:
                     failures.append((case.method, case.path, resp.status_code, str(case.body)[:300], resp.text[:300]))
@@ -88,6 +91,8 @@ def test_openapi_fuzz_no_5xx(stack):
           f"{len(operations)} operations in {elapsed:.0f}s; by status {dict(sorted(by_status.items()))}; 5xx: {len(failures)}")
     for f in failures[:10]:
         print("  5xx:", f)
+    for seconds, *case in sorted(slowest, reverse=True)[:3]:
+        print(f"  slowest: {seconds:.1f}s", *case)
     assert not failures
     assert sum(statuses.values()) >= 30
     # The stack is still healthy after the fuzz run.
