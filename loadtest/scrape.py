@@ -1,8 +1,9 @@
 """The server's view: Prometheus ``/metrics`` scraped before and after a run, gauges polled.
 
 Each metric role (requests, prompt tokens, generation tokens, the TTFT, TPOT and
-end-to-end latency histograms, KV-cache usage) has a list of candidate names; the first name present on the server is used, summed over its label
-sets (optionally only those matching ``labels``).
+end-to-end latency histograms, KV-cache usage) has a list of candidate names; the first
+name present on the server is used, summed over its label sets (optionally only those
+matching ``labels``).
 """
 
 from __future__ import annotations

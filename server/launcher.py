@@ -166,7 +166,7 @@ def stop_ray_monitors(node: Any = None) -> str:
             kept.append(what)
     text = f"stopped Ray's {' and '.join(stopped)} (server.ray_monitors: false)" if stopped else ""
     if kept:
-        text += ("; " if text else "") + f"could not stop Ray's {' and '.join(kept)}; they keep running"
+        text += ("; " if text else "") + f"could not stop Ray's {' and '.join(kept)} (left running)"
     return text
 
 

@@ -50,9 +50,9 @@ class _Node:
     ((), "stopped Ray's autoscaler monitor and log monitor (server.ray_monitors: false)",
      ["kill_monitor", "kill_log_monitor"]),
     (("kill_log_monitor",), "stopped Ray's autoscaler monitor (server.ray_monitors: false); "
-     "could not stop Ray's log monitor; they keep running", ["kill_monitor"]),
+     "could not stop Ray's log monitor (left running)", ["kill_monitor"]),
     (("kill_monitor", "kill_log_monitor"),
-     "could not stop Ray's autoscaler monitor and log monitor; they keep running", []),
+     "could not stop Ray's autoscaler monitor and log monitor (left running)", []),
 ])
 def test_stop_ray_monitors_says_what_it_stopped(missing, said, calls):
     node = _Node(*missing)
