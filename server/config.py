@@ -245,8 +245,8 @@ class MetricsConfig(StrictModel):
         True,
         description="Export vLLM engine metrics (`ray_vllm_*`: KV cache, queues, engine latencies) through "
         "Ray's metrics port; the dashboard and alerts read them. Off: vLLM keeps them in the replica, "
-        "unexported, and the engine's host spends less CPU per token (about 10% more throughput on a "
-        "2-core CPU machine; deploy/PERFORMANCE.md).",
+        "unexported, and the engine's host spends less CPU per token (on a 2-core CPU machine about 10% "
+        "more throughput at concurrency 8 in one run, none at 32 in another; deploy/PERFORMANCE.md).",
     )
     loop_lag_interval_s: float = Field(
         0.5,
