@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 
 import orjson
 
-from .config import RunConfig, parse_mix
+from .config import HISTOGRAM_ROLES, METRIC_ROLES, RunConfig, parse_mix
 
 S = argparse.SUPPRESS
 
@@ -102,9 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--seed", type=int, default=S)
     m = p.add_argument_group("server metrics")
     m.add_argument("--metrics-url", default=S, help="Prometheus /metrics URL to scrape")
-    for role in ("requests", "prompt-tokens", "generation-tokens", "kv-cache-usage", "ttft", "tpot", "e2e"):
-        m.add_argument(f"--metric-{role}", default=S, help="candidate metric names, comma-separated"
-                       + (" (histograms, without _sum/_count)" if role in ("ttft", "tpot", "e2e") else ""))
+    for role in METRIC_ROLES:
+        m.add_argument(f"--metric-{role.replace('_', '-')}", default=S, help="candidate metric names, comma-separated"
+                       + (" (histograms, without _sum/_count)" if role in HISTOGRAM_ROLES else ""))
     m.add_argument("--metrics-label", action="append", default=S, metavar="NAME=VALUE")
     m.add_argument("--metrics-poll", type=float, default=S, help="gauge polling seconds")
     o = p.add_argument_group("output")
@@ -157,7 +157,7 @@ def config_from_args(ns: argparse.Namespace) -> RunConfig:
             slo[k.strip()] = float(v)
         data["slo_ms"] = slo
     met = data["metrics"]
-    for role in ("requests", "prompt_tokens", "generation_tokens", "kv_cache_usage", "ttft", "tpot", "e2e"):
+    for role in METRIC_ROLES:
         if f"metric_{role}" in args:
             met[role] = _csv(args[f"metric_{role}"])
     if "metrics_label" in args:

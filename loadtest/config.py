@@ -191,6 +191,13 @@ class LoadConfig(BaseModel):
         return self
 
 
+# MetricsConfig's candidate-name lists, by kind (loadtest.scrape reads them; the CLI has a
+# --metric-<role> flag for each).
+COUNTER_ROLES = ("requests", "prompt_tokens", "generation_tokens")
+HISTOGRAM_ROLES = ("ttft", "tpot", "e2e")
+METRIC_ROLES = COUNTER_ROLES + ("kv_cache_usage",) + HISTOGRAM_ROLES
+
+
 class MetricsConfig(BaseModel):
     """The server's Prometheus endpoint: names are candidate lists, the first present is used."""
 

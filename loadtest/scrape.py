@@ -15,10 +15,8 @@ from typing import Dict, List, Optional
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from .config import MetricsConfig
+from .config import COUNTER_ROLES, HISTOGRAM_ROLES, MetricsConfig
 
-COUNTER_ROLES = ("requests", "prompt_tokens", "generation_tokens")
-HISTOGRAM_ROLES = ("ttft", "tpot", "e2e")
 
 
 def parse_samples(text: str, labels: Optional[Dict[str, str]] = None) -> Dict[str, float]:
