@@ -227,7 +227,8 @@ def _wait_line(line: str, proc: subprocess.Popen, log_path: Path, timeout_s: flo
     raise RuntimeError(f"server not ready after {timeout_s:.0f}s:\n{log_path.read_text(errors='replace')[-3000:]}")
 
 
-def _session_pids(sid: int) -> list:
+def session_pids(sid: int) -> list:
+    """Every process in session `sid` (a server and all it started, daemons included)."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -246,7 +247,7 @@ def stop(proc: subprocess.Popen, grace_s: float = 90.0) -> None:
             proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             pass
-    for pid in _session_pids(proc.pid) if os.path.isdir("/proc") else []:
+    for pid in session_pids(proc.pid) if os.path.isdir("/proc") else []:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError, PermissionError):

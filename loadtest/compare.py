@@ -37,6 +37,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest import bench_serving as servers
+from loadtest import cpu_usage
 from loadtest.config import LoadConfig, RunConfig, WorkloadConfig
 
 LOCK_PATH = "/tmp/qwen-serve-test-stack.lock"
@@ -53,6 +54,15 @@ FIGURES = {
     "itl_p99": (("latency_ms", "itl", "p99"), "ms", "lower"),
 }
 LOOP_LAG = "qwen_serve_event_loop_lag_seconds"
+# The latency table's columns: figure, header, format.
+LATENCY_COLUMNS = [("req_s", "req/s", "{:.2f}"), ("tok_s", "out tok/s", "{:.0f}"), ("ttft_p50", "TTFT p50", "{:.1f}"),
+                   ("ttft_p99", "TTFT p99", "{:.1f}"), ("tpot_p50", "TPOT p50", "{:.2f}"),
+                   ("itl_p50", "ITL p50", "{:.2f}"), ("tok_per_chunk", "tok/arrival", "{:.2f}")]
+# Where the CPU went during each level (loadtest.cpu_usage), cores unless named otherwise.
+CPU_COLUMNS = [("engine_cores", "engine", "{:.2f}"), ("serving_cores", "serving", "{:.3f}"),
+               ("serving_ms_per_token", "serv ms/tok", "{:.3f}"), ("client_cores", "client", "{:.2f}"),
+               ("other_cores", "other", "{:.2f}"), ("steal_pct", "steal %", "{:.1f}")]
+CPU_FIGURES = tuple(k for k, _, _ in CPU_COLUMNS)
 
 
 def default_requests(concurrency: int) -> int:
@@ -93,6 +103,7 @@ def load_config(args: argparse.Namespace, concurrency: int, measured: int, warmu
 
 
 def run_level(server: servers.Running, args: argparse.Namespace, concurrency: int) -> Dict[str, Any]:
+    """One load level; its figures include where the CPU went meanwhile (loadtest.cpu_usage)."""
     from loadtest.runner import run
 
     cfg = RunConfig(
@@ -102,8 +113,13 @@ def run_level(server: servers.Running, args: argparse.Namespace, concurrency: in
         load=load_config(args, concurrency, args.requests or default_requests(concurrency), concurrency),
         plots=False, progress=not args.quiet,
     )
+    before = cpu_usage.take(servers.session_pids(server.proc.pid))
     result = run(cfg)
-    return {"figures": figures(result.summary, result.records), "summary": result.summary}
+    after = cpu_usage.take(servers.session_pids(server.proc.pid))
+    cpu = cpu_usage.usage(before, after, sum(r.output_tokens or 0 for r in result.records))
+    figs = figures(result.summary, result.records)
+    figs.update({k: v for k, v in cpu.items() if k in CPU_FIGURES})
+    return {"figures": figs, "cpu_top": cpu.get("top", []), "summary": result.summary}
 
 
 def loop_lag_buckets(server: servers.Running) -> Optional[Dict[float, float]]:
@@ -188,8 +204,16 @@ def bench_server(name: str, args: argparse.Namespace, spec: servers.Spec, log_di
             f = level["figures"]
             _say(f"[{name}] c={c}: {f['tok_s']:.0f} tok/s, TTFT p50 {f['ttft_p50']:.1f} ms, "
                  f"ITL p50 {f['itl_p50']:.1f} ms, failed {f['failed']:.0f}{_lag_text(level['loop_lag'])}"
-                 f"{_client_lag_text(f.get('client_lag_max_ms'))}")
+                 f"{_client_lag_text(f.get('client_lag_max_ms'))}{_cpu_text(f)}")
     return entry
+
+
+def _cpu_text(f: Dict[str, Any]) -> str:
+    if f.get("engine_cores") is None:
+        return ""
+    steal = f" (steal {f['steal_pct']:.1f}%)" if f.get("steal_pct") is not None else ""
+    return (f"; CPU: engine {f['engine_cores']:.2f} cores, serving {f['serving_cores']:.3f}, "
+            f"client {f['client_cores']:.2f}{steal}")
 
 
 def median_rounds(rounds: List[Dict[str, Any]]) -> Dict[str, Dict[str, Dict[str, Optional[float]]]]:
@@ -279,10 +303,8 @@ def ratios(med: Dict[str, Dict[str, Dict[str, Optional[float]]]]) -> Dict[str, D
     return out
 
 
-def format_table(med, rat, order: List[str], levels: List[str]) -> str:
-    cols = [("req_s", "req/s", "{:.2f}"), ("tok_s", "out tok/s", "{:.0f}"), ("ttft_p50", "TTFT p50", "{:.1f}"),
-            ("ttft_p99", "TTFT p99", "{:.1f}"), ("tpot_p50", "TPOT p50", "{:.2f}"), ("itl_p50", "ITL p50", "{:.2f}"),
-            ("tok_per_chunk", "tok/arrival", "{:.2f}")]
+def format_table(med, rat, order: List[str], levels: List[str], cols=LATENCY_COLUMNS) -> str:
+    """Medians per level and server, each followed by its ratios to bare vLLM."""
     head = f"| {'conc':>4} | {'server':<10} | " + " | ".join(f"{c[1]:>10}" for c in cols) + " |"
     lines = [head, _rule(head)]
     for level in levels:
@@ -398,6 +420,9 @@ def write_results(out: Path, args: argparse.Namespace, argv: Optional[List[str]]
     rat = ratios(med)
     levels = [str(c) for c in args.concurrency]
     table = format_table(med, rat, order, levels)
+    table += ("\n\nWhere the CPU went (cores; serving = all but vLLM's engine processes, "
+              "per output token in CPU ms; other = the rest of the machine; steal = the hypervisor's)\n"
+              + format_table(med, rat, order, levels, CPU_COLUMNS))
     paired = paired_ratios(rounds)
     if len(rounds) > 1 and paired:
         table += ("\n\nEach round's ratio to bare vLLM from the same round: median (lowest-highest)\n"

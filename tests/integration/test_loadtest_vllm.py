@@ -18,7 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtest.bench_serving import Spec, start
+from loadtest import cpu_usage
+from loadtest.bench_serving import Spec, session_pids, start
 from loadtest.config import LoadConfig, MetricsConfig, RunConfig, WorkloadConfig
 from loadtest.runner import run
 from loadtest.scrape import parse_samples, server_view
@@ -49,7 +50,8 @@ def vllm_server(tmp_path_factory):
                 engine_kwargs={"max_model_len": 2048, "enforce_eager": True})
     try:
         with start("vllm", spec, tmp_path_factory.mktemp("vllm")) as server:
-            yield {"base": server.base_url.removesuffix("/v1"), "model": server.model, "model_dir": str(model_dir)}
+            yield {"base": server.base_url.removesuffix("/v1"), "model": server.model, "model_dir": str(model_dir),
+                   "pid": server.proc.pid}
     except RuntimeError as err:  # exited or not ready in time, with the end of its log
         pytest.fail(str(err))
 
@@ -207,3 +209,20 @@ def test_counts_match_server_metrics_and_files(vllm_server, tmp_path):
         assert (out / name).stat().st_size > 1000
     md = (out / "report.md").read_text()
     assert "![ttft_cdf](ttft_cdf.png)" in md and "TTFT" in md
+
+
+def test_cpu_usage_finds_the_engine_and_the_api_server(vllm_server):
+    """The side-by-side benchmark's CPU accounting on a real vLLM server: the engine's own
+    processes are told from its API server by their titles, and both did work."""
+    before = cpu_usage.take(session_pids(vllm_server["pid"]))
+    result = run(_ours(vllm_server, input_tokens=f"{INPUT_LEN}:{INPUT_LEN}", output_tokens=f"{OUTPUT_LEN}:{OUTPUT_LEN}"))
+    after = cpu_usage.take(session_pids(vllm_server["pid"]))
+    tokens = sum(r.output_tokens or 0 for r in result.records)
+    assert tokens >= N_PROMPTS * OUTPUT_LEN
+    u = cpu_usage.usage(before, after, tokens)
+    names = dict(u["top"])
+    assert "VLLM::EngineCore" in names and "vllm.entrypoints.openai.api_server" in names, names
+    assert u["engine_cores"] > 0.3  # the engine computed tokens
+    assert 0 < u["serving_cores"] < u["engine_cores"]  # the API server did less than the engine
+    assert u["serving_ms_per_token"] > 0 and u["client_cores"] > 0
+    assert 0.0 <= u["steal_pct"] <= 100.0 and u["other_cores"] >= 0.0

@@ -182,3 +182,16 @@ def test_loop_lag_figures_from_histogram_deltas():
     assert "past the last bucket" in compare._lag_text(stalled)
     assert compare.loop_lag_figures(after, after) == {}  # no samples: nothing to report
     assert compare.loop_lag_figures(None, None) == {}
+
+
+def test_cpu_table_shows_serving_cost_against_bare_vllm():
+    def entry(serving_ms):
+        figs = {"engine_cores": 1.8, "serving_cores": 0.1, "serving_ms_per_token": serving_ms,
+                "client_cores": 0.3, "other_cores": 0.02, "steal_pct": 4.0}
+        return {"levels": {"8": {"figures": figs}}}
+
+    med = compare.median_rounds([{"vllm": entry(0.4), "qwen-serve": entry(1.0)}])
+    table = compare.format_table(med, compare.ratios(med), ["vllm", "qwen-serve"], ["8"], compare.CPU_COLUMNS)
+    assert "serv ms/tok" in table and "steal %" in table
+    assert "2.50x" in table  # qwen-serve's serving CPU per token against vLLM's API server's
+    assert set(compare.CPU_FIGURES) <= set(med["qwen-serve"]["8"])
