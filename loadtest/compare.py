@@ -60,7 +60,8 @@ LATENCY_COLUMNS = [("req_s", "req/s", "{:.2f}"), ("tok_s", "out tok/s", "{:.0f}"
                    ("itl_p50", "ITL p50", "{:.2f}"), ("tok_per_chunk", "tok/arrival", "{:.2f}")]
 # Where the CPU went during each level (loadtest.cpu_usage), cores unless named otherwise.
 CPU_COLUMNS = [("engine_cores", "engine", "{:.2f}"), ("serving_cores", "serving", "{:.3f}"),
-               ("serving_ms_per_token", "serv ms/tok", "{:.3f}"), ("client_cores", "client", "{:.2f}"),
+               ("serving_ms_per_token", "serv ms/tok", "{:.3f}"), ("tokens_per_engine_cpu_s", "tok/eng CPU-s", "{:.0f}"),
+               ("client_cores", "client", "{:.2f}"),
                ("other_cores", "other", "{:.2f}"), ("steal_pct", "steal %", "{:.1f}")]
 CPU_FIGURES = tuple(k for k, _, _ in CPU_COLUMNS)
 
@@ -305,7 +306,12 @@ def ratios(med: Dict[str, Dict[str, Dict[str, Optional[float]]]]) -> Dict[str, D
 
 def format_table(med, rat, order: List[str], levels: List[str], cols=LATENCY_COLUMNS) -> str:
     """Medians per level and server, each followed by its ratios to bare vLLM."""
-    head = f"| {'conc':>4} | {'server':<10} | " + " | ".join(f"{c[1]:>10}" for c in cols) + " |"
+    widths = [max(10, len(c[1])) for c in cols]
+
+    def row(first: str, second: str, cells: List[str]) -> str:
+        return f"| {first:>4} | {second:<10} | " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"
+
+    head = row("conc", "server", [c[1] for c in cols])
     lines = [head, _rule(head)]
     for level in levels:
         for name in order:
@@ -313,7 +319,7 @@ def format_table(med, rat, order: List[str], levels: List[str], cols=LATENCY_COL
             if not figs:
                 continue
             cells = [(fmt.format(figs[k]) if figs.get(k) is not None else "-") for k, _, fmt in cols]
-            lines.append(f"| {level:>4} | {name:<10} | " + " | ".join(f"{c:>10}" for c in cells) + " |")
+            lines.append(row(level, name, cells))
             r = rat.get(name, {}).get(level)
             if r:
                 cells = []
@@ -322,7 +328,7 @@ def format_table(med, rat, order: List[str], levels: List[str], cols=LATENCY_COL
                         cells.append(f"{r[k]:.2f}x {r['ttft_p50_delta_ms']:+.0f}ms")
                     else:
                         cells.append(f"{r[k]:.2f}x" if r.get(k) is not None else "-")
-                lines.append(f"| {'':>4} | {'  vs vllm':<10} | " + " | ".join(f"{c:>10}" for c in cells) + " |")
+                lines.append(row("", "  vs vllm", cells))
     return "\n".join(lines)
 
 
@@ -421,7 +427,8 @@ def write_results(out: Path, args: argparse.Namespace, argv: Optional[List[str]]
     levels = [str(c) for c in args.concurrency]
     table = format_table(med, rat, order, levels)
     table += ("\n\nWhere the CPU went (cores; serving = all but vLLM's engine processes, "
-              "per output token in CPU ms; other = the rest of the machine; steal = the hypervisor's)\n"
+              "per output token in CPU ms; tok/eng CPU-s = output tokens per CPU-second of the engine; "
+              "other = the rest of the machine; steal = the hypervisor's)\n"
               + format_table(med, rat, order, levels, CPU_COLUMNS))
     paired = paired_ratios(rounds)
     if len(rounds) > 1 and paired:

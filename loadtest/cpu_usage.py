@@ -10,6 +10,9 @@ level say where the time went instead:
   processes and the Serve replica that runs the router and the engine client;
 - `serving_ms_per_token`: that serving cost in CPU milliseconds per output token, the
   figure that compares serving layers whatever speed the machine ran at;
+- `tokens_per_engine_cpu_s`: output tokens per CPU-second of the engine's processes: on a
+  CPU, where the engine computes the model, how much work the same CPU time bought (a
+  lower figure at the same `engine_cores` means a slower machine or a disturbed engine);
 - `client_cores`: the load generator itself;
 - `other_cores`: busy time of the machine outside both (other work on this machine);
 - `steal_pct`: share of the machine's CPU time the hypervisor gave to other guests
@@ -100,6 +103,7 @@ def usage(before: Snapshot, after: Snapshot, output_tokens: int) -> Dict[str, ob
         "engine_cores": roles["engine"] / wall,
         "serving_cores": roles["serving"] / wall,
         "serving_ms_per_token": (1000.0 * roles["serving"] / output_tokens) if output_tokens > 0 else None,
+        "tokens_per_engine_cpu_s": (output_tokens / roles["engine"]) if roles["engine"] > 0 else None,
         "client_cores": client / wall,
         "other_cores": None,
         "steal_pct": None,

@@ -222,7 +222,7 @@ def test_cpu_usage_finds_the_engine_and_the_api_server(vllm_server):
     u = cpu_usage.usage(before, after, tokens)
     names = dict(u["top"])
     assert "VLLM::EngineCore" in names and "vllm.entrypoints.openai.api_server" in names, names
-    assert u["engine_cores"] > 0.3  # the engine computed tokens
+    assert u["engine_cores"] > 0.3 and u["tokens_per_engine_cpu_s"] > 0  # the engine computed tokens
     assert 0 < u["serving_cores"] < u["engine_cores"]  # the API server did less than the engine
     assert u["serving_ms_per_token"] > 0 and u["client_cores"] > 0
     assert 0.0 <= u["steal_pct"] <= 100.0 and u["other_cores"] >= 0.0

@@ -187,7 +187,7 @@ def test_loop_lag_figures_from_histogram_deltas():
 def test_cpu_table_shows_serving_cost_against_bare_vllm():
     def entry(serving_ms):
         figs = {"engine_cores": 1.8, "serving_cores": 0.1, "serving_ms_per_token": serving_ms,
-                "client_cores": 0.3, "other_cores": 0.02, "steal_pct": 4.0}
+                "tokens_per_engine_cpu_s": 100.0, "client_cores": 0.3, "other_cores": 0.02, "steal_pct": 4.0}
         return {"levels": {"8": {"figures": figs}}}
 
     med = compare.median_rounds([{"vllm": entry(0.4), "qwen-serve": entry(1.0)}])

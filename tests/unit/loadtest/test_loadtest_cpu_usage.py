@@ -57,6 +57,7 @@ def test_usage_splits_engine_serving_client_other_and_steal():
     assert u["engine_cores"] == pytest.approx(1.2)
     assert u["serving_cores"] == pytest.approx(0.1)
     assert u["serving_ms_per_token"] == pytest.approx(0.5)  # 1 s of serving CPU over 2000 tokens
+    assert u["tokens_per_engine_cpu_s"] == pytest.approx(2000 / 12.0)
     assert u["client_cores"] == pytest.approx(0.1)
     assert u["steal_pct"] == pytest.approx(5.0)
     assert u["other_cores"] == pytest.approx((16.0 - 12.0 - 1.0 - 1.0) / 10)
@@ -69,6 +70,7 @@ def test_usage_without_proc_stat_or_tokens_or_time():
     u = cpu_usage.usage(before, after, output_tokens=0)
     assert u["engine_cores"] == 0.5 and u["serving_cores"] == pytest.approx(0.1)
     assert u["steal_pct"] is None and u["other_cores"] is None and u["serving_ms_per_token"] is None
+    assert u["tokens_per_engine_cpu_s"] == 0.0
     assert cpu_usage.usage(after, after, 10) == {}
     # A pid reused by another program counts from zero, not as a negative delta.
     reused = snap(4.0, None, {1: ("raylet", 0.3)}, 0.0)
@@ -86,6 +88,6 @@ def test_take_measures_a_real_busy_process():
     assert before.processes[busy.pid][0] == "python -c"
     u = cpu_usage.usage(before, after, output_tokens=100)
     assert u["serving_cores"] > 0.2  # it spun (a core at most, less on a loaded machine)
-    assert u["engine_cores"] == 0.0
+    assert u["engine_cores"] == 0.0 and u["tokens_per_engine_cpu_s"] is None
     if before.machine is not None:  # Linux
         assert 0.0 <= u["steal_pct"] <= 100.0
