@@ -41,7 +41,8 @@ class Snapshot:
     wall_s: float  # time.monotonic()
     machine: Optional[Dict[str, int]]  # parse_proc_stat, None off Linux
     ticks_per_s: int
-    processes: Dict[int, Tuple[str, float]] = field(default_factory=dict)  # pid -> (name, CPU seconds)
+    # pid -> (name, CPU seconds, start time): a pid whose start time changed is another process.
+    processes: Dict[int, Tuple[str, float, float]] = field(default_factory=dict)
     client_s: float = 0.0  # the load generator's own CPU seconds
 
 
@@ -91,9 +92,11 @@ def usage(before: Snapshot, after: Snapshot, output_tokens: int) -> Dict[str, ob
         return {}
     by_name: Dict[str, float] = {}
     roles = {"engine": 0.0, "serving": 0.0}
-    for pid, (name, cpu_after) in after.processes.items():
+    for pid, (name, cpu_after, started) in after.processes.items():
         prev = before.processes.get(pid)
-        spent = cpu_after - (prev[1] if prev is not None and prev[0] == name else 0.0)
+        # Keyed by pid and start time, not name: Ray workers retitle themselves with the task
+        # they run (`ray::ServeController` -> `ray::ServeController.listen_for_change`).
+        spent = cpu_after - (prev[1] if prev is not None and prev[2] == started else 0.0)
         if spent <= 0:
             continue
         by_name[name] = by_name.get(name, 0.0) + spent
@@ -133,13 +136,14 @@ def take(pids: Iterable[int]) -> Snapshot:
     machine's /proc/stat counters."""
     import psutil
 
-    processes: Dict[int, Tuple[str, float]] = {}
+    processes: Dict[int, Tuple[str, float, float]] = {}
     for pid in pids:
         try:
             proc = psutil.Process(pid)
             with proc.oneshot():
                 times = proc.cpu_times()
-                processes[pid] = (process_name(proc.cmdline(), proc.name()), times.user + times.system)
+                processes[pid] = (process_name(proc.cmdline(), proc.name()), times.user + times.system,
+                                  proc.create_time())
         except (psutil.Error, OSError):
             continue
     own = psutil.Process().cpu_times()

@@ -50,30 +50,33 @@ def test_usage_splits_engine_serving_client_other_and_steal():
     m0 = cpu_usage.parse_proc_stat(PROC_STAT)
     # 10 s on 2 cores = 2000 ticks: 1600 busy, 300 idle, 100 stolen.
     m1 = dict(m0, user=m0["user"] + 1500, system=m0["system"] + 100, idle=m0["idle"] + 300, steal=m0["steal"] + 100)
-    before = snap(0.0, m0, {1: ("VLLM::EngineCore", 5.0), 2: ("VLLM::Worker", 7.0), 3: ("raylet", 1.0)}, 2.0)
-    after = snap(10.0, m1, {1: ("VLLM::EngineCore", 13.0), 2: ("VLLM::Worker", 11.0), 3: ("raylet", 1.5),
-                            4: ("ray::ServeReplica:x", 0.5)}, 3.0)  # pid 4 started during the window
+    before = snap(0.0, m0, {1: ("VLLM::EngineCore", 5.0, 1.0), 2: ("VLLM::Worker", 7.0, 1.0), 3: ("raylet", 1.0, 0.5),
+                            5: ("ray::ServeController", 3.0, 2.0)}, 2.0)
+    after = snap(10.0, m1, {1: ("VLLM::EngineCore", 13.0, 1.0), 2: ("VLLM::Worker", 11.0, 1.0), 3: ("raylet", 1.5, 0.5),
+                            4: ("ray::ServeReplica:x", 0.5, 9.0),  # started during the window
+                            5: ("ray::ServeController.listen_for_change", 3.1, 2.0)}, 3.0)  # retitled by Ray
     u = cpu_usage.usage(before, after, output_tokens=2000)
     assert u["engine_cores"] == pytest.approx(1.2)
-    assert u["serving_cores"] == pytest.approx(0.1)
-    assert u["serving_ms_per_token"] == pytest.approx(0.5)  # 1 s of serving CPU over 2000 tokens
+    assert u["serving_cores"] == pytest.approx(0.11)  # not the retitled controller's whole lifetime
+    assert u["serving_ms_per_token"] == pytest.approx(0.55)  # 1.1 s of serving CPU over 2000 tokens
     assert u["tokens_per_engine_cpu_s"] == pytest.approx(2000 / 12.0)
     assert u["client_cores"] == pytest.approx(0.1)
     assert u["steal_pct"] == pytest.approx(5.0)
-    assert u["other_cores"] == pytest.approx((16.0 - 12.0 - 1.0 - 1.0) / 10)
-    assert [name for name, _ in u["top"]] == ["VLLM::EngineCore", "VLLM::Worker", "raylet", "ray::ServeReplica:x"]
+    assert u["other_cores"] == pytest.approx((16.0 - 12.0 - 1.1 - 1.0) / 10)
+    assert [name for name, _ in u["top"]] == ["VLLM::EngineCore", "VLLM::Worker", "raylet", "ray::ServeReplica:x",
+                                              "ray::ServeController.listen_for_change"]
 
 
 def test_usage_without_proc_stat_or_tokens_or_time():
-    before = snap(0.0, None, {1: ("VLLM::EngineCore", 1.0)}, 0.0)
-    after = snap(2.0, None, {1: ("VLLM::EngineCore", 2.0), 9: ("raylet", 0.2)}, 0.0)
+    before = snap(0.0, None, {1: ("VLLM::EngineCore", 1.0, 5.0)}, 0.0)
+    after = snap(2.0, None, {1: ("VLLM::EngineCore", 2.0, 5.0), 9: ("raylet", 0.2, 6.0)}, 0.0)
     u = cpu_usage.usage(before, after, output_tokens=0)
     assert u["engine_cores"] == 0.5 and u["serving_cores"] == pytest.approx(0.1)
     assert u["steal_pct"] is None and u["other_cores"] is None and u["serving_ms_per_token"] is None
     assert u["tokens_per_engine_cpu_s"] == 0.0
     assert cpu_usage.usage(after, after, 10) == {}
     # A pid reused by another program counts from zero, not as a negative delta.
-    reused = snap(4.0, None, {1: ("raylet", 0.3)}, 0.0)
+    reused = snap(4.0, None, {1: ("raylet", 0.3, 7.0)}, 0.0)
     assert cpu_usage.usage(after, reused, 10)["serving_cores"] == pytest.approx(0.15)
 
 
