@@ -228,9 +228,10 @@ def _wait_line(line: str, proc: subprocess.Popen, log_path: Path, timeout_s: flo
 
 
 def session_pids(sid: int) -> list:
-    """Every process in session `sid` (a server and all it started, daemons included)."""
+    """Every process in session `sid` (a server and all it started, daemons included);
+    none where there is no /proc (the CPU figures are then left out)."""
     pids = []
-    for entry in os.listdir("/proc"):
+    for entry in (os.listdir("/proc") if os.path.isdir("/proc") else []):
         if entry.isdigit():
             with contextlib.suppress(OSError):
                 if os.getsid(int(entry)) == sid:
@@ -247,7 +248,7 @@ def stop(proc: subprocess.Popen, grace_s: float = 90.0) -> None:
             proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             pass
-    for pid in session_pids(proc.pid) if os.path.isdir("/proc") else []:
+    for pid in session_pids(proc.pid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError, PermissionError):

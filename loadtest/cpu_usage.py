@@ -88,7 +88,7 @@ def process_role(name: str) -> str:
 def usage(before: Snapshot, after: Snapshot, output_tokens: int) -> Dict[str, object]:
     """The CPU figures of the window between two snapshots (see the module docstring)."""
     wall = after.wall_s - before.wall_s
-    if wall <= 0:
+    if wall <= 0 or not after.processes:  # no time, or no process seen (no /proc): no figures
         return {}
     by_name: Dict[str, float] = {}
     roles = {"engine": 0.0, "serving": 0.0}

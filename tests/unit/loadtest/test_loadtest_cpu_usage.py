@@ -75,6 +75,7 @@ def test_usage_without_proc_stat_or_tokens_or_time():
     assert u["steal_pct"] is None and u["other_cores"] is None and u["serving_ms_per_token"] is None
     assert u["tokens_per_engine_cpu_s"] == 0.0
     assert cpu_usage.usage(after, after, 10) == {}
+    assert cpu_usage.usage(before, snap(2.0, None, {}, 0.0), 10) == {}  # no process seen: no zeros
     # A pid reused by another program counts from zero, not as a negative delta.
     reused = snap(4.0, None, {1: ("raylet", 0.3, 7.0)}, 0.0)
     assert cpu_usage.usage(after, reused, 10)["serving_cores"] == pytest.approx(0.15)
