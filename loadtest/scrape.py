@@ -18,7 +18,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from .config import COUNTER_ROLES, HISTOGRAM_ROLES, MetricsConfig
 
 
-
 def parse_samples(text: str, labels: Optional[Dict[str, str]] = None) -> Dict[str, float]:
     """Sample name -> value summed over label sets (those matching ``labels``)."""
     out: Dict[str, float] = {}
