@@ -95,17 +95,6 @@ class ServerConfig(StrictModel):
         description="Port of Ray Serve's HTTP proxy when direct_ingress is on (None: the first free port after the "
         "router's ports, outside the kernel's ephemeral range; printed at start-up).",
     )
-    ray_daemon_niceness: Optional[int] = Field(
-        None,
-        ge=1,
-        le=19,
-        description="`qwen-serve up` with a local Ray only: run Ray's workers (Serve replicas and the "
-        "vLLM engine processes they start) at the launcher's own priority instead of Ray's niceness "
-        "15, and once the pools are ready lower Ray's own processes (GCS, dashboard agent, Serve "
-        "controller and proxy; not the raylet, which starts later workers) by this many niceness "
-        "levels, so that on a busy machine the engine gets the cores first. None: Ray's default "
-        "priorities (also what a joined cluster runs).",
-    )
     ray_monitors: bool = Field(
         False,
         description="`qwen-serve up` with a local Ray only: keep Ray's autoscaler monitor and log "

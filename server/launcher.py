@@ -73,8 +73,6 @@ def apply_local_env(config: AppConfig, environ: Any = os.environ) -> None:
     """Set the environment a local Ray instance (every process it starts) reads."""
     for key, value in LEAN_RAY_ENV.items():
         environ.setdefault(key, value)
-    if config.server.ray_daemon_niceness:  # workers (the engines) at the launcher's priority
-        environ.setdefault("RAY_worker_niceness", str(os.getpriority(os.PRIO_PROCESS, 0)))
     environ.update(local_serve_env(config))
 
 
@@ -254,10 +252,6 @@ class Launcher:
             worker.start()
             if not self._wait_ready(started) or not self._wait_http(started):
                 return 0 if self._stop.is_set() else 1  # stopped while starting: not a failure
-            if local and self.config.server.ray_daemon_niceness:
-                from server.priority import lower_ray_daemons
-
-                _say(f"  {lower_ray_daemons(self.config.server.ray_daemon_niceness)}")
             if local and self.config.server.direct_ingress:
                 shown = self.url().rsplit(":", 1)[0]
                 _say(f"  direct ingress: the router answers on {self.url()}; Ray Serve's proxy "
