@@ -365,13 +365,29 @@ class _LoopLag:
             pass
 
 
+# Seconds an idle pooled connection may be reused. Below the 5 s keep-alive of uvicorn
+# (vLLM's API server; Ray Serve's HTTP servers keep 90 s), so a connection the server has
+# already closed is never picked again: aiohttp checks the idle time when it takes a
+# connection, while the server's close is seen only once the event loop reads it. With
+# aiohttp's default of 15 s, a load generator held up past the server's keep-alive (a
+# long GC pause, a descheduled process) sends its next POST on a dead connection, and
+# the request fails as "server disconnected" (POST is not retried).
+KEEPALIVE_S = 4.0
+
+
+def connector(keepalive_s: float = KEEPALIVE_S) -> aiohttp.TCPConnector:
+    """The load generator's connection pool: no connection limit (the load shape is the
+    limit), connections reused for at most `keepalive_s` idle seconds."""
+    return aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=keepalive_s)
+
+
 async def arun(cfg: RunConfig) -> Result:
     """Run every stage (one, or the sweep until saturation); write files if asked."""
     ld = cfg.load
     values = ld.sweep or [ld.concurrency if ld.shape == "concurrency" else ld.rate]
     maker = PromptMaker(cfg) if cfg.workload.kind == "synthetic" or cfg.workload.prefix_tokens else None
     progress = Progress(enabled=cfg.progress) if cfg.progress else None
-    conn = aiohttp.TCPConnector(limit=0, limit_per_host=0, force_close=False, ttl_dns_cache=300)
+    conn = connector()
     stages: List[Stage] = []
     saturation = None
     gc.collect()

@@ -82,12 +82,17 @@ def test_usage_without_proc_stat_or_tokens_or_time():
 
 
 def test_take_measures_a_real_busy_process():
-    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 1.5: pass"])
+    # spins from its first line until killed, so a slow start on a loaded machine cannot
+    # end the spinning before the window does
+    busy = subprocess.Popen([sys.executable, "-c", "print('spinning', flush=True)\nwhile True: pass"],
+                            stdout=subprocess.PIPE, text=True)
     try:
+        assert busy.stdout.readline().strip() == "spinning"
         before = cpu_usage.take([busy.pid])
         time.sleep(1.0)
         after = cpu_usage.take([busy.pid])
     finally:
+        busy.kill()
         busy.wait(timeout=30)
     assert before.processes[busy.pid][0] == "python -c"
     u = cpu_usage.usage(before, after, output_tokens=100)

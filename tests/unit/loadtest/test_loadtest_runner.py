@@ -1,11 +1,16 @@
 """The runner against the stub server: stops, phases, seeds, modes, errors, metrics, sweeps."""
 
+import asyncio
+import contextlib
+import socket
+import threading
 import time
 
+import aiohttp
 import pytest
 
 from loadtest.config import LoadConfig, RunConfig, WorkloadConfig
-from loadtest.runner import Phaser, run
+from loadtest.runner import KEEPALIVE_S, Phaser, connector, run
 from loadtest.stub import StubOptions, running_stub
 
 
@@ -179,3 +184,54 @@ def test_sweep_stops_at_saturation(make_cfg):
     assert [s.value for s in r.stages] == [1, 2]
     # each stage uses its own prompts (no prefix-cache replay across stages)
     assert r.stages[0].records[0].expected_prompt_tokens == 24
+
+
+@contextlib.contextmanager
+def _uvicorn(keep_alive_s: int):
+    """A real uvicorn (vLLM's HTTP server) answering every POST, on its own thread."""
+    import uvicorn
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, timeout_keep_alive=keep_alive_s,
+                                           log_level="warning", lifespan="off"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}/v1/chat/completions"
+    finally:
+        server.should_exit = True
+        th.join(10)
+
+
+async def _post_after_a_stall(url: str, make_connector, stall_s: float) -> int:
+    async with aiohttp.ClientSession(connector=make_connector()) as session:
+        async with session.post(url, json={}) as r:
+            await r.read()
+        time.sleep(stall_s)  # the event loop held up: the server's close of the idle connection goes unread
+        async with session.post(url, json={}) as r:
+            await r.read()
+            return r.status
+
+
+def test_a_stalled_load_generator_does_not_reuse_a_connection_the_server_closed():
+    """A load generator held up past the server's keep-alive must not send its next request
+    on the connection the server closed meanwhile (it would fail as "server disconnected")."""
+    assert KEEPALIVE_S < 5  # uvicorn's default keep-alive, which vLLM's server keeps
+    with _uvicorn(keep_alive_s=1) as url:
+        # the pool's rule, scaled to this server's 1 s keep-alive: a fresh connection
+        assert asyncio.run(_post_after_a_stall(url, lambda: connector(keepalive_s=0.5), stall_s=1.5)) == 200
+        # aiohttp's default (15 s) reuses the dead connection: the failure the rule prevents
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            asyncio.run(_post_after_a_stall(url, aiohttp.TCPConnector, stall_s=1.5))
