@@ -1,4 +1,5 @@
-"""The runner against the stub server: stops, phases, seeds, modes, errors, metrics, sweeps."""
+"""The runner against the stub server (stops, phases, seeds, modes, errors, metrics, sweeps), and
+its connection reuse against a real uvicorn."""
 
 import asyncio
 import contextlib
@@ -231,7 +232,7 @@ def test_a_stalled_load_generator_does_not_reuse_a_connection_the_server_closed(
     assert KEEPALIVE_S < 5  # uvicorn's default keep-alive, which vLLM's server keeps
     with _uvicorn(keep_alive_s=1) as url:
         # the pool's rule, scaled to this server's 1 s keep-alive: a fresh connection
-        assert asyncio.run(_post_after_a_stall(url, lambda: connector(keepalive_s=0.5), stall_s=1.5)) == 200
+        assert asyncio.run(_post_after_a_stall(url, lambda: connector(keepalive_s=0.5), stall_s=2.5)) == 200
         # aiohttp's default (15 s) reuses the dead connection: the failure the rule prevents
         with pytest.raises(aiohttp.ServerDisconnectedError):
-            asyncio.run(_post_after_a_stall(url, aiohttp.TCPConnector, stall_s=1.5))
+            asyncio.run(_post_after_a_stall(url, aiohttp.TCPConnector, stall_s=2.5))
