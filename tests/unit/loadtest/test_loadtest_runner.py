@@ -3,13 +3,13 @@ its connection reuse against a real uvicorn."""
 
 import asyncio
 import contextlib
-import socket
 import threading
 import time
 
 import aiohttp
 import pytest
 
+from loadtest.bench_serving import free_port
 from loadtest.config import LoadConfig, RunConfig, WorkloadConfig
 from loadtest.runner import KEEPALIVE_S, Phaser, connector, run
 from loadtest.stub import StubOptions, running_stub
@@ -198,9 +198,7 @@ def _uvicorn(keep_alive_s: int):
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": b"{}"})
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, timeout_keep_alive=keep_alive_s,
                                            log_level="warning", lifespan="off"))
     th = threading.Thread(target=server.run, daemon=True)
